@@ -1,0 +1,72 @@
+"""`cspnet compare A B`: params, MACs and interleaved latency of two models side by side."""
+
+from __future__ import annotations
+
+import torch
+
+from cspnet.measure import count_macs, count_params, summarize, time_interleaved
+from cspnet.models import create_model
+
+
+def compare(
+    names: list[str],
+    img: int = 224,
+    batch: int = 1,
+    runs: int = 20,
+    warmup: int = 3,
+    threads: int | None = None,
+    **overrides,
+) -> dict:
+    """Measure models in one process; latency interleaved; ratios are against the first model."""
+    if threads:
+        torch.set_num_threads(threads)
+    models = {n: create_model(n, **overrides).eval() for n in names}
+    x = torch.randn(batch, 3, img, img)
+    rows = {}
+    for n, m in models.items():
+        rows[n] = {"params": count_params(m), "macs": count_macs(m, img, batch) // batch}
+
+    def runner(m):
+        return lambda: m(x)
+
+    with torch.inference_mode():
+        times = time_interleaved({n: runner(m) for n, m in models.items()}, runs=runs, warmup=warmup)
+    base = names[0]
+    for n in names:
+        rows[n].update(summarize(times[n]))
+        rows[n]["ratio_vs_first"] = rows[n]["median_ms"] / rows[base]["median_ms"]
+        rows[n]["macs_ratio_vs_first"] = rows[n]["macs"] / rows[base]["macs"]
+        rows[n]["params_ratio_vs_first"] = rows[n]["params"] / rows[base]["params"]
+    return {
+        "img": img,
+        "batch": batch,
+        "runs": runs,
+        "threads": torch.get_num_threads(),
+        "device": "cpu",
+        "torch": torch.__version__,
+        "models": rows,
+    }
+
+
+def format_table(result: dict) -> str:
+    names = list(result["models"])
+    head = f"{'model':<18} {'params (M)':>10} {'GMACs':>7} {'median ms':>10} {'p25-p75 ms':>14} {'vs ' + names[0]:>18}"
+    lines = [
+        f"img {result['img']}, batch {result['batch']}, {result['runs']} interleaved runs, "
+        f"{result['threads']} threads, torch {result['torch']}",
+        head,
+        "-" * len(head),
+    ]
+    for n, r in result["models"].items():
+        lines.append(
+            f"{n:<18} {r['params'] / 1e6:>10.2f} {r['macs'] / 1e9:>7.2f} {r['median_ms']:>10.1f} "
+            f"{r['p25_ms']:>6.1f}-{r['p75_ms']:<7.1f} "
+            f"{'latency x' + format(r['ratio_vs_first'], '.2f'):>18}"
+        )
+    if len(names) == 2:
+        a, b = (result["models"][n] for n in names)
+        lines.append(
+            f"{names[1]} / {names[0]}: params x{b['params_ratio_vs_first']:.2f}, MACs x{b['macs_ratio_vs_first']:.2f}, "
+            f"median latency x{b['ratio_vs_first']:.2f}"
+        )
+    return "\n".join(lines)

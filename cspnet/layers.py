@@ -1,0 +1,86 @@
+"""Layers: activations and the Conv-BN-activation unit every block is made of."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cspnet.errors import ConfigError
+
+ACTIVATIONS = ("relu", "leaky", "mish", "silu", "linear")
+_ALIASES = {"leaky_relu": "leaky", "swish": "silu", "identity": "linear", "none": "linear"}
+
+
+def check_act(name: str) -> str:
+    """Return the canonical activation name, or raise a one-line error."""
+    key = _ALIASES.get(name, name)
+    if key not in ACTIVATIONS:
+        raise ConfigError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+    return key
+
+
+def make_act(name: str | None, leaky_slope: float = 0.01) -> nn.Module:
+    """Build an activation; `leaky` uses `leaky_slope` (darknet 0.1, timm 0.01)."""
+    key = check_act(name or "linear")
+    if key == "relu":
+        return nn.ReLU(inplace=True)
+    if key == "leaky":
+        return nn.LeakyReLU(leaky_slope, inplace=True)
+    if key == "mish":
+        return nn.Mish(inplace=True)
+    if key == "silu":
+        return nn.SiLU(inplace=True)
+    return nn.Identity()
+
+
+class ConvBNAct(nn.Module):
+    """Conv2d (no bias) -> BatchNorm2d -> activation; `fuse()` folds the BN into the conv."""
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        groups: int = 1,
+        act: str | None = "relu",
+        leaky_slope: float = 0.01,
+    ) -> None:
+        super().__init__()
+        # timm/darknet "same" padding for odd kernels
+        padding = ((stride - 1) + (kernel_size - 1)) // 2
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(out_chs)
+        self.act = make_act(act, leaky_slope)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """Fold BatchNorm into the conv weights and bias (inference only)."""
+        if isinstance(self.bn, nn.Identity):
+            return
+        self.conv = fuse_conv_bn(self.conv, self.bn)
+        self.bn = nn.Identity()
+
+
+@torch.no_grad()
+def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """Return a new conv equal to bn(conv(x)) in eval mode."""
+    fused = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        bias=True,
+        padding_mode=conv.padding_mode,
+    ).to(conv.weight.device, conv.weight.dtype)
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+    return fused

@@ -1,0 +1,18 @@
+"""Models: the generic CspNet, its configs, the registry and the zoo."""
+
+from cspnet.models import zoo  # noqa: F401  (registers the zoo)
+from cspnet.models.net import CspNet, FeatureNet, ModelCfg, StemCfg
+from cspnet.models.registry import ModelInfo, build_cfg, create_model, list_models, model_info, register_model
+
+__all__ = [
+    "CspNet",
+    "FeatureNet",
+    "ModelCfg",
+    "ModelInfo",
+    "StemCfg",
+    "build_cfg",
+    "create_model",
+    "list_models",
+    "model_info",
+    "register_model",
+]

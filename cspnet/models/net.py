@@ -1,0 +1,165 @@
+"""The one generic model: a stem, a list of stages, a classifier head. Architecture lives in ModelCfg."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from cspnet.errors import ConfigError, InputError
+from cspnet.layers import ConvBNAct, check_act
+from cspnet.stages import CrossStage, StageCfg
+
+
+@dataclass(frozen=True)
+class StemCfg:
+    """The stem: one kxk stride conv, then an optional 3x3 stride-2 max pool."""
+
+    out_chs: int = 64
+    kernel_size: int = 7
+    stride: int = 2
+    pool: bool = True
+
+
+@dataclass(frozen=True)
+class ModelCfg:
+    """A whole classifier. `small_input` drops the stem's downsampling for 32x32 images."""
+
+    stem: StemCfg
+    stages: tuple[StageCfg, ...]
+    act: str = "relu"
+    leaky_slope: float = 0.01
+    small_input: bool = False
+    drop_rate: float = 0.0
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "act", check_act(self.act))
+
+
+class CspNet(nn.Module):
+    """Stem -> stages -> global pool -> linear. CSP and plain twins differ only in their StageCfgs."""
+
+    def __init__(self, cfg: ModelCfg, num_classes: int = 1000, in_chans: int = 3) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        kw = dict(act=cfg.act, leaky_slope=cfg.leaky_slope)
+
+        stem = cfg.stem
+        stem_stride = 1 if cfg.small_input else stem.stride
+        self.stem = nn.Sequential()
+        self.stem.add_module("conv1", ConvBNAct(in_chans, stem.out_chs, stem.kernel_size, stem_stride, **kw))
+        reduction = stem_stride
+        if stem.pool and not cfg.small_input:
+            self.stem.add_module("pool", nn.MaxPool2d(3, 2, 1))
+            reduction *= 2
+        self.feature_info = [dict(num_chs=stem.out_chs, reduction=reduction, module="stem")]
+
+        prev = stem.out_chs
+        self.stages = nn.Sequential()
+        for i, scfg in enumerate(cfg.stages):
+            stage = CrossStage(prev, scfg, **kw)
+            self.stages.add_module(str(i), stage)
+            prev = stage.out_chs
+            reduction *= scfg.stride
+            self.feature_info.append(dict(num_chs=prev, reduction=reduction, module=f"stages.{i}"))
+
+        self.num_features = prev
+        self.head = nn.Sequential()
+        self.head.add_module("global_pool", nn.AdaptiveAvgPool2d(1))
+        self.head.add_module("flatten", nn.Flatten(1))
+        self.head.add_module("drop", nn.Dropout(cfg.drop_rate) if cfg.drop_rate else nn.Identity())
+        self.head.add_module("fc", nn.Linear(prev, num_classes) if num_classes else nn.Identity())
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.01)
+                nn.init.zeros_(m.bias)
+        for m in self.modules():  # residual branches start as identity: stabler early training
+            if hasattr(m, "zero_init_last"):
+                m.zero_init_last()
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise InputError(
+                f"expected a batch shaped (N, {self.in_chans}, H, W), got {tuple(x.shape)}; "
+                f"pass in_chans={x.shape[1] if x.dim() == 4 else '?'} to create_model or convert the images"
+            )
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.stages(self.stem(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head.drop(self.head.flatten(self.head.global_pool(x)))
+        return x if pre_logits else self.head.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier with a fresh one for `num_classes` (0 = no classifier)."""
+        self.num_classes = num_classes
+        self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
+    def fuse(self) -> CspNet:
+        """Fold every BatchNorm into its conv for inference; returns self in eval mode."""
+        self.eval()
+        for m in self.modules():
+            if isinstance(m, ConvBNAct):
+                m.fuse()
+        return self
+
+
+class FeatureNet(nn.Module):
+    """features_only=True: returns the maps of the chosen levels, shallow to deep, for a neck."""
+
+    def __init__(self, model: CspNet, out_indices: tuple[int, ...] | None = None) -> None:
+        super().__init__()
+        n = len(model.feature_info)
+        out_indices = tuple(range(n)) if out_indices is None else tuple(out_indices)
+        bad = [i for i in out_indices if not -n <= i < n]
+        if bad:
+            raise ConfigError(f"out_indices {bad} out of range; this model has levels 0..{n - 1}")
+        self.out_indices = tuple(sorted(i % n for i in out_indices))
+        self.in_chans = model.in_chans
+        self.check_input = model.check_input
+        self.stem = model.stem
+        last = max(self.out_indices)
+        self.stages = nn.Sequential(*list(model.stages)[:last])
+        self.feature_info = [model.feature_info[i] for i in self.out_indices]
+
+    @property
+    def channels(self) -> list[int]:
+        return [f["num_chs"] for f in self.feature_info]
+
+    @property
+    def reduction(self) -> list[int]:
+        return [f["reduction"] for f in self.feature_info]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        self.check_input(x)
+        x = self.stem(x)
+        outs = [x] if 0 in self.out_indices else []
+        for i, stage in enumerate(self.stages, start=1):
+            x = stage(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return outs
+
+    def fuse(self) -> FeatureNet:
+        self.eval()
+        for m in self.modules():
+            if isinstance(m, ConvBNAct):
+                m.fuse()
+        return self

@@ -1,0 +1,148 @@
+"""Stages: `CrossStage` is the CSP idea, for any block type; partial_ratio=1.0 builds the plain stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cspnet.blocks import get_block
+from cspnet.errors import ConfigError
+from cspnet.layers import ConvBNAct
+
+FUSIONS = ("both", "first", "last")
+DOWNS = ("conv", "block")
+
+
+@dataclass(frozen=True)
+class StageCfg:
+    """One stage. `partial_ratio` is the paper's gamma: the share of channels routed through the blocks."""
+
+    depth: int
+    out_chs: int
+    stride: int = 2
+    block: str = "bottleneck"
+    partial_ratio: float = 0.5
+    fusion: str = "both"  # paper Fig. 3: transition->concat->transition, concat->transition, transition->concat
+    expand_ratio: float = 1.0  # width of the 1x1 conv that feeds the split, relative to out_chs
+    bottle_ratio: float = 1.0
+    groups: int = 1
+    down: str = "conv"  # plain stages: "conv" = a 3x3 stride conv first (darknet), "block" = in the first block
+    down_growth: bool = False  # conv_down goes straight to out_chs (timm's cspdarknet53)
+    cross_linear: bool = False  # no activation after the split conv (timm's cspresnet/cspresnext)
+    growth_rate: int = 0  # dense blocks: channels each block adds; 0 for residual blocks
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.partial_ratio <= 1.0:
+            raise ConfigError(
+                f"partial_ratio must be in (0, 1], got {self.partial_ratio}; 1.0 is the plain stage, 0.5 the paper's"
+            )
+        if self.fusion not in FUSIONS:
+            raise ConfigError(f"unknown fusion {self.fusion!r}; choose one of {', '.join(FUSIONS)}")
+        if self.down not in DOWNS:
+            raise ConfigError(f"unknown down {self.down!r}; choose one of {', '.join(DOWNS)}")
+        get_block(self.block)
+
+    @property
+    def is_csp(self) -> bool:
+        return self.partial_ratio < 1.0
+
+
+def _make_blocks(cfg: StageCfg, in_chs: int, width: int, act: str, slope: float, stride: int = 1):
+    """Stack `cfg.depth` blocks; residual blocks keep `width`, dense blocks grow by `growth_rate`."""
+    block_fn = get_block(cfg.block)
+    blocks = nn.Sequential()
+    prev = in_chs
+    for i in range(cfg.depth):
+        out = prev + cfg.growth_rate if cfg.growth_rate else width
+        blocks.add_module(
+            str(i),
+            block_fn(
+                prev,
+                out,
+                stride=stride if i == 0 else 1,
+                bottle_ratio=cfg.bottle_ratio,
+                groups=cfg.groups,
+                act=act,
+                leaky_slope=slope,
+            ),
+        )
+        prev = blocks[i].out_chs
+    return blocks, prev
+
+
+class CrossStage(nn.Module):
+    """Cross Stage Partial stage: split, run one part through the blocks, fuse with the other part.
+
+    With partial_ratio=1.0 there is no split and no transition: the plain stage of the twin model.
+    """
+
+    def __init__(self, in_chs: int, cfg: StageCfg, act: str = "relu", leaky_slope: float = 0.01) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.out_chs = cfg.out_chs
+        kw = dict(act=act, leaky_slope=leaky_slope)
+        stride = cfg.stride
+
+        if not cfg.is_csp:
+            self.split = None
+            if stride != 1 and cfg.down == "conv":
+                self.conv_down = ConvBNAct(in_chs, cfg.out_chs, 3, stride, groups=cfg.groups, **kw)
+                in_chs, stride = cfg.out_chs, 1
+            else:
+                self.conv_down = nn.Identity()
+            self.blocks, out = _make_blocks(cfg, in_chs, cfg.out_chs, act, leaky_slope, stride)
+            self._check_out(out)
+            return
+
+        if stride != 1:
+            down_chs = cfg.out_chs if cfg.down_growth else in_chs
+            self.conv_down = ConvBNAct(in_chs, down_chs, 3, stride, groups=cfg.groups, **kw)
+            in_chs = down_chs
+        else:
+            self.conv_down = nn.Identity()
+
+        exp_chs = int(round(cfg.out_chs * cfg.expand_ratio))
+        block_chs = int(round(exp_chs * cfg.partial_ratio))
+        if cfg.fusion == "last":
+            # output is concat(cross, transition_b): the cross part is a share of out_chs
+            cross_chs = int(round(cfg.out_chs * (1.0 - cfg.partial_ratio)))
+        else:
+            cross_chs = exp_chs - block_chs
+        if min(block_chs, cross_chs) < 1:
+            raise ConfigError(
+                f"partial_ratio={cfg.partial_ratio} leaves an empty part of {exp_chs} channels; pick a ratio "
+                "that keeps at least one channel on each path"
+            )
+        self.split = (cross_chs, block_chs)
+        self.conv_exp = ConvBNAct(in_chs, cross_chs + block_chs, 1, **{**kw, "act": None if cfg.cross_linear else act})
+        self.blocks, blocks_out = _make_blocks(cfg, block_chs, block_chs, act, leaky_slope)
+
+        if cfg.fusion == "first":
+            self.conv_transition_b = None
+            self.conv_transition = ConvBNAct(cross_chs + blocks_out, cfg.out_chs, 1, **kw)
+        elif cfg.fusion == "last":
+            self.conv_transition_b = ConvBNAct(blocks_out, cfg.out_chs - cross_chs, 1, **kw)
+            self.conv_transition = None
+        else:
+            self.conv_transition_b = ConvBNAct(blocks_out, block_chs, 1, **kw)
+            self.conv_transition = ConvBNAct(cross_chs + block_chs, cfg.out_chs, 1, **kw)
+
+    def _check_out(self, out: int) -> None:
+        if out != self.out_chs:  # dense plain stages end on their own width
+            self.out_chs = out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_down(x)
+        if self.split is None:
+            return self.blocks(x)
+        x = self.conv_exp(x)
+        xs, xb = x.split(self.split, dim=1)
+        xb = self.blocks(xb)
+        if self.conv_transition_b is not None:
+            xb = self.conv_transition_b(xb)
+        x = torch.cat([xs, xb], dim=1)
+        if self.conv_transition is not None:
+            x = self.conv_transition(x)
+        return x
