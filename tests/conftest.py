@@ -10,6 +10,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
+# pytest -n 2 runs two workers on two cores: one thread each, or OpenMP spin-waits make both 10x slower
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
+
 
 def shared_root() -> Path:
     """../shared beside the repo, or $CSPNET_SHARED."""
