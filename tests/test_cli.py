@@ -1,0 +1,53 @@
+"""The `cspnet` command: the zoo table, compare (table and JSON), and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from cspnet.cli import main
+
+
+def test_models_table(capsys):
+    assert main(["models", "csp*"]) == 0
+    out = capsys.readouterr().out
+    assert "cspresnet50" in out and "resnet50 " in out  # the twin column
+    assert "darknet53" in out and "\nresnet10 " not in out  # filtered to csp*
+
+
+def test_models_json_measures(capsys):
+    assert main(["models", "resnet10", "--measure", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["name"] == "resnet10" and row["twin"] == "cspresnet10"
+    assert abs(row["params_m"] - 5.419) < 1e-3
+
+
+def test_compare_json_is_consistent(capsys):
+    assert main(["compare", "resnet10", "cspresnet10", "--img", "64", "--runs", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    a, b = result["models"]["resnet10"], result["models"]["cspresnet10"]
+    assert a["ratio_vs_first"] == 1.0
+    assert abs(b["ratio_vs_first"] - b["median_ms"] / a["median_ms"]) < 1e-9
+    assert b["params"] < a["params"] and b["macs"] < a["macs"]
+    assert a["p25_ms"] <= a["median_ms"] <= a["p75_ms"]
+
+
+def test_compare_table(capsys):
+    assert main(["compare", "resnet10", "cspresnet10", "--img", "64", "--runs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "cspresnet10 / resnet10: params x0.64, MACs x0.60, median latency x" in out
+
+
+def test_unknown_model_is_one_line_with_suggestion():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "cspnet.cli", "compare", "resnet50", "cspresnet5"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("cspnet: error: unknown model 'cspresnet5'; did you mean cspresnet50")
