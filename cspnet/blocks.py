@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from cspnet.errors import ConfigError
-from cspnet.layers import ConvBNAct, make_act
+from cspnet.layers import BNActConv, ConvBNAct, make_act
 
 
 class Bottleneck(nn.Module):
@@ -109,8 +109,102 @@ class DarkBlock(nn.Module):
         nn.init.zeros_(self.conv2.bn.weight)
 
 
+def _growth(in_chs: int, out_chs: int, stride: int, name: str) -> int:
+    if stride != 1:
+        raise ConfigError(f"a {name} keeps its resolution; downsample with the stage's down='avgpool'")
+    if out_chs <= in_chs:
+        raise ConfigError(f"a {name} grows its input: out_chs ({out_chs}) must exceed in_chs ({in_chs})")
+    return out_chs - in_chs
+
+
+class DenseLayer(nn.Module):
+    """DenseNet-BC layer, pre-activation: BN-act-1x1 (bottle_ratio x growth), BN-act-3x3 (growth); concat input."""
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        stride: int = 1,
+        bottle_ratio: float = 4.0,
+        groups: int = 1,
+        act: str = "relu",
+        leaky_slope: float = 0.01,
+    ) -> None:
+        super().__init__()
+        growth = _growth(in_chs, out_chs, stride, "dense layer")
+        mid = int(round(growth * bottle_ratio))  # DenseNet's bn_size=4
+        self.out_chs = out_chs
+        self.conv1 = BNActConv(in_chs, mid, 1, act=act, leaky_slope=leaky_slope)
+        self.conv2 = BNActConv(mid, growth, 3, groups=groups, act=act, leaky_slope=leaky_slope)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.conv2(self.conv1(x))], 1)
+
+
+class TwoWayDenseLayer(nn.Module):
+    """PeleeNet two-way dense layer, post-activation: 1x1-3x3 and 1x1-3x3-3x3 branches, growth/2 each; concat input."""
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        stride: int = 1,
+        bottle_ratio: float = 1.0,
+        groups: int = 1,
+        act: str = "relu",
+        leaky_slope: float = 0.01,
+    ) -> None:
+        super().__init__()
+        growth = _growth(in_chs, out_chs, stride, "two-way dense layer")
+        if growth % 2:
+            raise ConfigError(f"a two-way dense layer splits its growth in two; got an odd growth {growth}")
+        half = growth // 2
+        # Pelee: bottleneck = half-growth x width (a multiple of 4), capped so it never exceeds half the input
+        mid = int(half * bottle_ratio / 4) * 4
+        if mid > in_chs / 2:
+            mid = max(int(in_chs / 8) * 4, 4)
+        kw = dict(act=act, leaky_slope=leaky_slope)
+        self.out_chs = out_chs
+        self.branch1a = ConvBNAct(in_chs, mid, 1, **kw)
+        self.branch1b = ConvBNAct(mid, half, 3, groups=groups, **kw)
+        self.branch2a = ConvBNAct(in_chs, mid, 1, **kw)
+        self.branch2b = ConvBNAct(mid, half, 3, groups=groups, **kw)
+        self.branch2c = ConvBNAct(half, half, 3, groups=groups, **kw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b1 = self.branch1b(self.branch1a(x))
+        b2 = self.branch2c(self.branch2b(self.branch2a(x)))
+        return torch.cat([x, b1, b2], 1)
+
+
+class PeleeStem(nn.Module):
+    """PeleeNet stem block (stride 4): 3x3/2 conv, then [2x2 max pool | 1x1 -> 3x3/2] concatenated, 1x1 fuse."""
+
+    def __init__(self, in_chs: int, out_chs: int = 32, stride: int = 4, act: str = "relu", leaky_slope: float = 0.01):
+        super().__init__()
+        if stride not in (1, 4):
+            raise ConfigError(f"the Pelee stem has stride 4 (or 1 for small inputs), got {stride}")
+        s = 2 if stride == 4 else 1
+        kw = dict(act=act, leaky_slope=leaky_slope)
+        self.stem1 = ConvBNAct(in_chs, out_chs, 3, s, **kw)
+        self.stem2a = ConvBNAct(out_chs, out_chs // 2, 1, **kw)
+        self.stem2b = ConvBNAct(out_chs // 2, out_chs, 3, s, **kw)
+        self.pool = nn.MaxPool2d(2, 2) if s == 2 else nn.Identity()
+        self.stem3 = ConvBNAct(2 * out_chs, out_chs, 1, **kw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem1(x)
+        return self.stem3(torch.cat([self.pool(x), self.stem2b(self.stem2a(x))], 1))
+
+
 BlockFn = Callable[..., nn.Module]
-BLOCKS: dict[str, BlockFn] = {"bottleneck": Bottleneck, "basic": BasicBlock, "dark": DarkBlock}
+BLOCKS: dict[str, BlockFn] = {
+    "bottleneck": Bottleneck,
+    "basic": BasicBlock,
+    "dark": DarkBlock,
+    "dense": DenseLayer,
+    "dense2": TwoWayDenseLayer,
+}
 
 
 def get_block(name: str) -> BlockFn:

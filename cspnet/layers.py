@@ -84,3 +84,26 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
     fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
     return fused
+
+
+class BNActConv(nn.Module):
+    """Pre-activation unit BatchNorm2d -> activation -> Conv2d (DenseNet); nothing to fuse, the act sits between."""
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        groups: int = 1,
+        act: str | None = "relu",
+        leaky_slope: float = 0.01,
+    ) -> None:
+        super().__init__()
+        padding = ((stride - 1) + (kernel_size - 1)) // 2
+        self.bn = nn.BatchNorm2d(in_chs)
+        self.act = make_act(act, leaky_slope)
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding, groups=groups, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.act(self.bn(x)))

@@ -9,10 +9,11 @@ from torch import nn
 
 from cspnet.blocks import get_block
 from cspnet.errors import ConfigError
-from cspnet.layers import ConvBNAct
+from cspnet.layers import BNActConv, ConvBNAct
 
 FUSIONS = ("both", "first", "last")
-DOWNS = ("conv", "block")
+DOWNS = ("conv", "block", "avgpool")
+TRANSITIONS = ("conv", "preact")
 
 
 @dataclass(frozen=True)
@@ -28,10 +29,15 @@ class StageCfg:
     expand_ratio: float = 1.0  # width of the 1x1 conv that feeds the split, relative to out_chs
     bottle_ratio: float = 1.0
     groups: int = 1
-    down: str = "conv"  # plain stages: "conv" = a 3x3 stride conv first (darknet), "block" = in the first block
+    down: str = "conv"  # plain stages: "conv" = a 3x3 stride conv first (darknet), "block" = in the first block;
+    # "avgpool" = a 2x2 average pool first, plain and CSP (DenseNet/PeleeNet: the pool ending their transition layer)
     down_growth: bool = False  # conv_down goes straight to out_chs (timm's cspdarknet53)
     cross_linear: bool = False  # no activation after the split conv (timm's cspresnet/cspresnext)
     growth_rate: int = 0  # dense blocks: channels each block adds; 0 for residual blocks
+    split_conv: bool = True  # False: split the input's channels directly, no 1x1 first (CSPDenseNet, paper Fig. 2b)
+    transition: str = "conv"  # 1x1 transition layers: "conv" = conv-BN-act, "preact" = BN-act-conv (DenseNet)
+    transition_ratio: float = 1.0  # fusion "both": blocks' transition width / blocks' output (DenseNet compression)
+    plain_transition: bool = False  # plain stage ends with a 1x1 transition to out_chs (paper Fig. 3a; DenseNet, Pelee)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.partial_ratio <= 1.0:
@@ -42,6 +48,10 @@ class StageCfg:
             raise ConfigError(f"unknown fusion {self.fusion!r}; choose one of {', '.join(FUSIONS)}")
         if self.down not in DOWNS:
             raise ConfigError(f"unknown down {self.down!r}; choose one of {', '.join(DOWNS)}")
+        if self.transition not in TRANSITIONS:
+            raise ConfigError(f"unknown transition {self.transition!r}; choose one of {', '.join(TRANSITIONS)}")
+        if self.transition_ratio <= 0:
+            raise ConfigError(f"transition_ratio must be > 0, got {self.transition_ratio}; 1.0 keeps the width")
         get_block(self.block)
 
     @property
@@ -72,6 +82,15 @@ def _make_blocks(cfg: StageCfg, in_chs: int, width: int, act: str, slope: float,
     return blocks, prev
 
 
+def _transition(cfg: StageCfg, in_chs: int, out_chs: int, kw: dict) -> nn.Module:
+    """A 1x1 transition layer in the stage's style: conv-BN-act, or pre-activation BN-act-conv (DenseNet)."""
+    return (BNActConv if cfg.transition == "preact" else ConvBNAct)(in_chs, out_chs, 1, **kw)
+
+
+def _avgpool(stride: int) -> nn.Module:
+    return nn.AvgPool2d(stride, stride)
+
+
 class CrossStage(nn.Module):
     """Cross Stage Partial stage: split, run one part through the blocks, fuse with the other part.
 
@@ -90,22 +109,30 @@ class CrossStage(nn.Module):
             if stride != 1 and cfg.down == "conv":
                 self.conv_down = ConvBNAct(in_chs, cfg.out_chs, 3, stride, groups=cfg.groups, **kw)
                 in_chs, stride = cfg.out_chs, 1
+            elif stride != 1 and cfg.down == "avgpool":
+                self.conv_down = _avgpool(stride)
+                stride = 1
             else:
                 self.conv_down = nn.Identity()
             self.blocks, out = _make_blocks(cfg, in_chs, cfg.out_chs, act, leaky_slope, stride)
+            if cfg.plain_transition:  # rides at the end of blocks so forward stays one call
+                self.blocks.add_module("transition", _transition(cfg, out, cfg.out_chs, kw))
+                out = cfg.out_chs
             self._check_out(out)
             return
 
-        if stride != 1:
+        if stride != 1 and cfg.down == "avgpool":
+            self.conv_down = _avgpool(stride)
+        elif stride != 1:
             down_chs = cfg.out_chs if cfg.down_growth else in_chs
             self.conv_down = ConvBNAct(in_chs, down_chs, 3, stride, groups=cfg.groups, **kw)
             in_chs = down_chs
         else:
             self.conv_down = nn.Identity()
 
-        exp_chs = int(round(cfg.out_chs * cfg.expand_ratio))
+        exp_chs = int(round(cfg.out_chs * cfg.expand_ratio)) if cfg.split_conv else in_chs
         block_chs = int(round(exp_chs * cfg.partial_ratio))
-        if cfg.fusion == "last":
+        if cfg.fusion == "last" and cfg.split_conv:
             # output is concat(cross, transition_b): the cross part is a share of out_chs
             cross_chs = int(round(cfg.out_chs * (1.0 - cfg.partial_ratio)))
         else:
@@ -115,19 +142,30 @@ class CrossStage(nn.Module):
                 f"partial_ratio={cfg.partial_ratio} leaves an empty part of {exp_chs} channels; pick a ratio "
                 "that keeps at least one channel on each path"
             )
+        if cfg.fusion == "last" and cfg.out_chs <= cross_chs:
+            raise ConfigError(
+                f"fusion='last' needs out_chs ({cfg.out_chs}) above the cross part ({cross_chs} channels); "
+                "raise out_chs or partial_ratio"
+            )
         self.split = (cross_chs, block_chs)
-        self.conv_exp = ConvBNAct(in_chs, cross_chs + block_chs, 1, **{**kw, "act": None if cfg.cross_linear else act})
+        if cfg.split_conv:
+            self.conv_exp = ConvBNAct(
+                in_chs, cross_chs + block_chs, 1, **{**kw, "act": None if cfg.cross_linear else act}
+            )
+        else:
+            self.conv_exp = nn.Identity()
         self.blocks, blocks_out = _make_blocks(cfg, block_chs, block_chs, act, leaky_slope)
 
         if cfg.fusion == "first":
             self.conv_transition_b = None
-            self.conv_transition = ConvBNAct(cross_chs + blocks_out, cfg.out_chs, 1, **kw)
+            self.conv_transition = _transition(cfg, cross_chs + blocks_out, cfg.out_chs, kw)
         elif cfg.fusion == "last":
-            self.conv_transition_b = ConvBNAct(blocks_out, cfg.out_chs - cross_chs, 1, **kw)
+            self.conv_transition_b = _transition(cfg, blocks_out, cfg.out_chs - cross_chs, kw)
             self.conv_transition = None
         else:
-            self.conv_transition_b = ConvBNAct(blocks_out, block_chs, 1, **kw)
-            self.conv_transition = ConvBNAct(cross_chs + block_chs, cfg.out_chs, 1, **kw)
+            trans_chs = int(round(blocks_out * cfg.transition_ratio))  # residual blocks: blocks_out == block_chs
+            self.conv_transition_b = _transition(cfg, blocks_out, trans_chs, kw)
+            self.conv_transition = _transition(cfg, cross_chs + trans_chs, cfg.out_chs, kw)
 
     def _check_out(self, out: int) -> None:
         if out != self.out_chs:  # dense plain stages end on their own width

@@ -7,19 +7,27 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from cspnet.blocks import PeleeStem
 from cspnet.errors import ConfigError, InputError
-from cspnet.layers import ConvBNAct, check_act
+from cspnet.layers import ConvBNAct, check_act, make_act
 from cspnet.stages import CrossStage, StageCfg
+
+STEMS = ("conv", "pelee")
 
 
 @dataclass(frozen=True)
 class StemCfg:
-    """The stem: one kxk stride conv, then an optional 3x3 stride-2 max pool."""
+    """The stem: one kxk stride conv, then an optional 3x3 stride-2 max pool; kind="pelee": PeleeNet's stem block."""
 
     out_chs: int = 64
     kernel_size: int = 7
     stride: int = 2
     pool: bool = True
+    kind: str = "conv"  # "conv" or "pelee" (stride 4; kernel_size, stride and pool unused)
+
+    def __post_init__(self) -> None:
+        if self.kind not in STEMS:
+            raise ConfigError(f"unknown stem kind {self.kind!r}; choose one of {', '.join(STEMS)}")
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,7 @@ class ModelCfg:
     leaky_slope: float = 0.01
     small_input: bool = False
     drop_rate: float = 0.0
+    head_norm: bool = False  # BN-act on the last features before pooling (pre-activation nets: DenseNet's norm5)
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -51,9 +60,13 @@ class CspNet(nn.Module):
         stem = cfg.stem
         stem_stride = 1 if cfg.small_input else stem.stride
         self.stem = nn.Sequential()
-        self.stem.add_module("conv1", ConvBNAct(in_chans, stem.out_chs, stem.kernel_size, stem_stride, **kw))
+        if stem.kind == "pelee":
+            stem_stride = 1 if cfg.small_input else 4
+            self.stem.add_module("block", PeleeStem(in_chans, stem.out_chs, stem_stride, **kw))
+        else:
+            self.stem.add_module("conv1", ConvBNAct(in_chans, stem.out_chs, stem.kernel_size, stem_stride, **kw))
         reduction = stem_stride
-        if stem.pool and not cfg.small_input:
+        if stem.pool and stem.kind == "conv" and not cfg.small_input:
             self.stem.add_module("pool", nn.MaxPool2d(3, 2, 1))
             reduction *= 2
         self.feature_info = [dict(num_chs=stem.out_chs, reduction=reduction, module="stem")]
@@ -68,6 +81,7 @@ class CspNet(nn.Module):
             self.feature_info.append(dict(num_chs=prev, reduction=reduction, module=f"stages.{i}"))
 
         self.num_features = prev
+        self.norm = nn.Sequential(nn.BatchNorm2d(prev), make_act(cfg.act, cfg.leaky_slope)) if cfg.head_norm else None
         self.head = nn.Sequential()
         self.head.add_module("global_pool", nn.AdaptiveAvgPool2d(1))
         self.head.add_module("flatten", nn.Flatten(1))
@@ -98,7 +112,8 @@ class CspNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        return self.stages(self.stem(x))
+        x = self.stages(self.stem(x))
+        return x if self.norm is None else self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.head.drop(self.head.flatten(self.head.global_pool(x)))
