@@ -1,0 +1,64 @@
+"""Checkpoints: plain dicts of tensors and primitives, written atomically, read with weights_only=True."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cspnet.errors import InputError
+
+
+def save_checkpoint(obj: dict, path: str | Path) -> Path:
+    """torch.save to a temp file beside `path`, fsync, then rename: a kill at any moment leaves the old file whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint written by save_checkpoint (weights_only=True: tensors and primitives only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint {path} not found; pass the path of a last.pt or best.pt")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors differ by torch version; one line for the user
+        raise InputError(f"cannot read {path} as a checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise InputError(f"{path} is not a cspnet training checkpoint (no 'model' entry)")
+    return ckpt
+
+
+def rng_state() -> dict:
+    """Python, numpy, torch (and CUDA) RNG states as tensors, so weights_only loading accepts them."""
+    _, mt, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": torch.tensor(random.getstate()[1], dtype=torch.int64),
+        "numpy": torch.from_numpy(mt.astype(np.int64)),
+        "numpy_pos": pos,
+        "numpy_gauss": [has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what rng_state() saved."""
+    random.setstate((3, tuple(state["python"].tolist()), None))
+    has_gauss, gauss = state["numpy_gauss"]
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
