@@ -1,5 +1,6 @@
 """cspnet: Cross Stage Partial Networks in PyTorch, each CSP model beside its plain twin."""
 
+from cspnet.darknet.native import from_darknet
 from cspnet.errors import ConfigError, CspnetError, InputError
 from cspnet.layers import ConvBNAct
 from cspnet.models import CspNet, ModelCfg, StemCfg, build_cfg, create_model, list_models, model_info
@@ -20,6 +21,7 @@ __all__ = [
     "StemCfg",
     "build_cfg",
     "create_model",
+    "from_darknet",
     "from_timm",
     "list_models",
     "model_info",

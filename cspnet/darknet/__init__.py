@@ -1,0 +1,17 @@
+"""Darknet interop: `.cfg` -> PyTorch, `.weights` read/write, and mapping onto the native zoo."""
+
+from cspnet.darknet.cfg import Section, parse_cfg, parse_cfg_text
+from cspnet.darknet.model import DarknetModel
+from cspnet.darknet.native import from_darknet
+from cspnet.darknet.weights import DarknetHeader, read_weights, write_weights
+
+__all__ = [
+    "DarknetHeader",
+    "DarknetModel",
+    "Section",
+    "from_darknet",
+    "parse_cfg",
+    "parse_cfg_text",
+    "read_weights",
+    "write_weights",
+]

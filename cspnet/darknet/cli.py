@@ -1,0 +1,82 @@
+"""`cspnet darknet info CFG` (layer table, params, BFLOPs) and `cspnet darknet convert CFG WEIGHTS OUT`."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from cspnet.darknet.cfg import parse_cfg
+from cspnet.darknet.model import DarknetModel
+
+
+@torch.no_grad()
+def layer_table(model: DarknetModel) -> list[dict]:
+    """Per layer: type, description, output shape, params and BFLOPs (darknet's: 2 x MACs, by FlopCounterMode).
+
+    Build the model on the meta device to keep this instant for large cfgs.
+    """
+    p = next(model.parameters())
+    x = torch.zeros(1, model.in_chans, *model.img_size, device=p.device, dtype=p.dtype)
+    model.eval()
+    outs: dict[int, torch.Tensor] = {}
+    rows = []
+    for i, layer in enumerate(model.layers):
+        with FlopCounterMode(display=False) as counter:
+            x = layer(x, outs)
+        outs[i] = x
+        c, h, w = model.shapes[i]
+        rows.append(
+            dict(
+                index=i,
+                type=layer.kind,
+                desc=layer.desc,
+                out=f"{c} x {h} x {w}",
+                params=sum(t.numel() for t in layer.parameters()),
+                bflops=counter.get_total_flops() / 1e9,
+            )
+        )
+    return rows
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    with torch.device("meta"):
+        model = DarknetModel(parse_cfg(args.cfg), args.img)
+    rows = layer_table(model)
+    print(f"{'layer':>5}  {'type':<14} {'':<24} {'output':>18} {'params':>11} {'BFLOPs':>8}")
+    for r in rows:
+        print(f"{r['index']:>5}  {r['type']:<14} {r['desc']:<24} {r['out']:>18} {r['params']:>11,} {r['bflops']:>8.3f}")
+    params = sum(r["params"] for r in rows)
+    bflops = sum(r["bflops"] for r in rows)
+    h, w = model.img_size
+    print(f"total: {len(rows)} layers, {params / 1e6:.3f}M params, {bflops:.3f} BFLOPs at {h}x{w} (2 x MACs)")
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from cspnet.darknet.native import from_darknet
+    from cspnet.weights import save_state_dict
+
+    model = from_darknet(args.cfg, args.weights, native=not args.generic)
+    what = f"native {model.name}" if getattr(model, "name", None) else "cfg model (cspnet.darknet.DarknetModel)"
+    out = save_state_dict(model.state_dict(), args.out)
+    print(f"wrote {out}: {what}, {len(model.state_dict())} tensors")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("darknet", help="darknet .cfg/.weights: layer table, conversion")
+    dsub = p.add_subparsers(dest="darknet_command", required=True)
+
+    q = dsub.add_parser("info", help="layer table with params and BFLOPs of a .cfg")
+    q.add_argument("cfg", help="darknet .cfg file")
+    q.add_argument("--img", type=int, default=None, help="input size (default: the cfg's width/height)")
+    q.set_defaults(func=_cmd_info)
+
+    q = dsub.add_parser("convert", help="convert .cfg + .weights to .safetensors (or .pt)")
+    q.add_argument("cfg", help="darknet .cfg file")
+    q.add_argument("weights", help="darknet .weights file")
+    q.add_argument("out", help="output file: .safetensors, or .pt for a torch file")
+    q.add_argument("--generic", action="store_true", help="keep the cfg model even where a native twin exists")
+    q.set_defaults(func=_cmd_convert)
