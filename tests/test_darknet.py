@@ -13,7 +13,7 @@ from cspnet.darknet.weights import DarknetHeader, read_weights, write_weights
 from cspnet.errors import ConfigError, InputError
 
 
-def build(text: str, tmp_path=None) -> DarknetModel:
+def build(text: str) -> DarknetModel:
     return DarknetModel(parse_cfg_text(text, "t.cfg"))
 
 
@@ -155,6 +155,26 @@ def test_shortcut_across_shapes_old_darknet():
     expect = torch.tensor([100.0, 200.0, 300.0]).view(1, 3, 1, 1).repeat(1, 1, 2, 2)
     expect[:, :2] += x[:, :, ::2, ::2]
     assert torch.equal(out, expect)
+
+
+def test_shortcut_from_a_smaller_map_old_darknet():
+    # from a 2-channel 2x2 map into a 1-channel 4x4 one: every second cell of the first channel gets the add
+    m = build(
+        net(2, 2) + IDENTITY + "[upsample]\nstride=2\n[convolutional]\nfilters=1\nsize=1\nactivation=linear\n"
+        "[shortcut]\nfrom=0\n"
+    )
+    with torch.no_grad():
+        m.layers[2].conv.weight.zero_()
+        m.layers[2].conv.bias.fill_(1.0)
+    x = torch.arange(8.0).view(1, 2, 2, 2)
+    expect = torch.ones(1, 1, 4, 4)
+    expect[:, :, ::2, ::2] += x[:, :1]
+    assert torch.equal(m(x), expect)
+
+
+def test_net_without_input_size():
+    with pytest.raises(ConfigError, match=r"t.cfg:1: \[net\] needs width= and height="):
+        build("[net]\nchannels=3\n" + IDENTITY)
 
 
 def sig(t: float) -> float:
