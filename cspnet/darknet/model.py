@@ -260,7 +260,9 @@ def _check_options(sec: Section) -> None:
         if key in sec.options and sec.options[key] != neutral:
             if key in ("stride_x", "stride_y") and sec.options[key] == sec.options.get("stride", "1"):
                 continue
-            raise sec.error(f"option `{key}={sec.options[key]}` is not supported by cspnet's darknet reader")
+            raise sec.error(
+                f"option `{key}={sec.options[key]}` is not supported by cspnet's darknet reader; remove it or convert the model with darknet first"
+            )
 
 
 def _ratio(a: int, b: int) -> int | None:
