@@ -37,6 +37,7 @@ class StageCfg:
     split_conv: bool = True  # False: split the input's channels directly, no 1x1 first (CSPDenseNet, paper Fig. 2b)
     transition: str = "conv"  # 1x1 transition layers: "conv" = conv-BN-act, "preact" = BN-act-conv (DenseNet)
     transition_ratio: float = 1.0  # fusion "both": blocks' transition width / blocks' output (DenseNet compression)
+    block_in_chs: int = 0  # darknet's first CSP stage: a narrower block part, widened by the first block (pad shortcut)
     plain_transition: bool = False  # plain stage ends with a 1x1 transition to out_chs (paper Fig. 3a; DenseNet, Pelee)
 
     def __post_init__(self) -> None:
@@ -53,6 +54,8 @@ class StageCfg:
         if self.transition_ratio <= 0:
             raise ConfigError(f"transition_ratio must be > 0, got {self.transition_ratio}; 1.0 keeps the width")
         get_block(self.block)
+        if self.block_in_chs and self.block not in ("bottleneck", "basic"):
+            raise ConfigError(f"block_in_chs needs residual blocks (bottleneck, basic), not {self.block!r}")
 
     @property
     def is_csp(self) -> bool:
@@ -76,6 +79,7 @@ def _make_blocks(cfg: StageCfg, in_chs: int, width: int, act: str, slope: float,
                 groups=cfg.groups,
                 act=act,
                 leaky_slope=slope,
+                **({"shortcut": "pad"} if i == 0 and cfg.block_in_chs else {}),
             ),
         )
         prev = blocks[i].out_chs
@@ -147,14 +151,15 @@ class CrossStage(nn.Module):
                 f"fusion='last' needs out_chs ({cfg.out_chs}) above the cross part ({cross_chs} channels); "
                 "raise out_chs or partial_ratio"
             )
-        self.split = (cross_chs, block_chs)
+        block_in = cfg.block_in_chs or block_chs
+        self.split = (cross_chs, block_in)
         if cfg.split_conv:
             self.conv_exp = ConvBNAct(
-                in_chs, cross_chs + block_chs, 1, **{**kw, "act": None if cfg.cross_linear else act}
+                in_chs, cross_chs + block_in, 1, **{**kw, "act": None if cfg.cross_linear else act}
             )
         else:
             self.conv_exp = nn.Identity()
-        self.blocks, blocks_out = _make_blocks(cfg, block_chs, block_chs, act, leaky_slope)
+        self.blocks, blocks_out = _make_blocks(cfg, block_in, block_chs, act, leaky_slope)
 
         if cfg.fusion == "first":
             self.conv_transition_b = None

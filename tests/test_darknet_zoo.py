@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from cspnet import from_darknet
 from cspnet.cli import main
 from cspnet.darknet.model import Conv, DarknetModel, Yolo
-from cspnet.darknet.native import NATIVE, NOT_NATIVE
+from cspnet.darknet.native import NATIVE
 from cspnet.darknet.weights import write_weights
 from cspnet.measure import count_macs, count_params
 from cspnet.models import CspNet, create_model
@@ -77,7 +77,7 @@ def randomize_bn(model: DarknetModel) -> None:
     model.eval()
 
 
-@pytest.mark.parametrize("stem", ["csdarknet53", "csdarknet53-omega", "darknet53"])
+@pytest.mark.parametrize("stem", ["csdarknet53", "csdarknet53-omega", "darknet53", "csresnet50", "csresnext50"])
 def test_native_twin_equals_cfg_model(darknet_dir, tmp_path, stem):
     cfg = darknet_dir / f"{stem}.cfg"
     src = DarknetModel.from_cfg(cfg)
@@ -97,14 +97,16 @@ def test_native_twin_equals_cfg_model(darknet_dir, tmp_path, stem):
 
 
 @pytest.mark.parametrize("stem, native", [("csresnet50", "cspresnet50"), ("csresnext50", "cspresnext50")])
-def test_inexact_cfgs_stay_cfg_models(darknet_dir, stem, native):
-    """The authors' csresnet50/csresnext50 are not timm's layout (NOT_NATIVE says how): the cfg model is returned."""
-    m = from_darknet(darknet_dir / f"{stem}.cfg")
-    assert isinstance(m, DarknetModel) and stem in NOT_NATIVE
+def test_authors_layout_differs_from_timms(darknet_dir, stem, native):
+    """The authors' csresnet50/csresnext50 are the native model with layout="darknet", not timm's default layout."""
     with torch.device("meta"):
-        assert count_params(create_model(native, leaky_slope=0.1)) != count_params(meta_model(m.path))
-    # the uneven first stage: cross part 64->128, block part 64->64 (the native split conv is one 64->256)
-    assert [m.layers[i].conv.weight.shape[:2] for i in (2, 4)] == [(128, 64), (64, 64)]
+        cfg_params = count_params(meta_model(darknet_dir / f"{stem}.cfg"))
+        assert count_params(create_model(native, layout="darknet")) == cfg_params
+        assert count_params(create_model(native)) != cfg_params
+    # the uneven first stage: cross part 64->128, block part 64->64, as the native split (128, 64)
+    m = from_darknet(darknet_dir / f"{stem}.cfg", verify=False)
+    assert m.stages[0].split == (128, 64)
+    assert m.stem.pool.kernel_size == 2
 
 
 def test_yolov4_detector_forward(darknet_dir):

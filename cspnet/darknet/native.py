@@ -2,7 +2,8 @@
 
 Exact twins (weights converted, outputs checked equal):
   csdarknet53.cfg -> cspdarknet53 (leaky 0.1), csdarknet53-omega.cfg -> cspdarknet53 with act="mish",
-  darknet53.cfg -> darknet53 (leaky 0.1).
+  darknet53.cfg -> darknet53 (leaky 0.1), csresnet50.cfg -> cspresnet50 and csresnext50.cfg -> cspresnext50
+  with layout="darknet" (the authors' layout; the default layout is timm's, see cspnet/models/zoo.py).
 Darknet splits a CSP stage with two 1x1 convs (cross part, block part) and routes [block, cross]; the native
 stage has one conv_exp and concatenates [cross, block]. So conv_exp = the two convs stacked along the output
 channels, and conv_transition's input channels are reordered to match.
@@ -26,23 +27,17 @@ from cspnet.layers import ConvBNAct
 from cspnet.models import CspNet, create_model
 
 # cfg file stem -> native model name
-NATIVE = {"csdarknet53": "cspdarknet53", "csdarknet53-omega": "cspdarknet53", "darknet53": "darknet53"}
+NATIVE = {
+    "csdarknet53": "cspdarknet53",
+    "csdarknet53-omega": "cspdarknet53",
+    "darknet53": "darknet53",
+    "csresnet50": "cspresnet50",
+    "csresnext50": "cspresnext50",
+}
+# architecture arguments the native model needs to be the cfg's network
+NATIVE_ARGS = {"csresnet50": {"layout": "darknet"}, "csresnext50": {"layout": "darknet"}}
 
-_FIRST_STAGE = (
-    "the first stage splits unevenly: a 1x1 conv 64->128 feeds the cross part and a separate 1x1 conv 64->64 "
-    "the block part, and the first bottleneck's [shortcut] adds that 64-channel map to the first 64 of its 128 "
-    "output channels (old darknet semantics); the native stage has one 64->{exp} conv split {half}/{half} and an "
-    "identity shortcut"
-)
-_STEM = "the stem pool is [maxpool] size=2 stride=2 (2x2 windows), the native stem a 3x3 stride-2 pad-1 max pool"
-_ACTS = "the split convs are linear in stages 2-3 but leaky in stages 1 and 4 (native: cross_linear in every stage)"
 NOT_NATIVE = {
-    "csresnet50": "cspresnet50 differs: "
-    + "; ".join([_STEM, _FIRST_STAGE.format(exp=256, half=128) + ", first bottleneck conv1 128->64", _ACTS])
-    + " (params 21.608M vs 21.616M)",
-    "csresnext50": "cspresnext50 differs: "
-    + "; ".join([_STEM, _FIRST_STAGE.format(exp=256, half=128) + ", first bottleneck conv1 128->128", _ACTS])
-    + " (params 20.557M vs 20.570M)",
     "yolov4": "the native YOLOv4 does not exist yet",
 }
 
@@ -148,7 +143,7 @@ def check_equal(dk: DarknetModel, native: CspNet, img: int = 64, tol: float = 1e
     return err
 
 
-def to_native(dk: DarknetModel, name: str, verify: bool = True) -> CspNet:
+def to_native(dk: DarknetModel, name: str, verify: bool = True, **overrides) -> CspNet:
     """The native model `name` carrying the cfg model's weights; NotNative when it is not the same network."""
     acts = {_act_key(m.act) for i, m in enumerate(dk.layers) if isinstance(m, Conv) and i != _head_conv(dk)}
     acts.discard(("Identity",))
@@ -159,7 +154,7 @@ def to_native(dk: DarknetModel, name: str, verify: bool = True) -> CspNet:
     else:
         raise NotNative(f"activations {sorted(acts)} have no native equivalent")
     head = dk.layers[_head_conv(dk)].conv
-    native = create_model(name, num_classes=head.out_channels, in_chans=dk.in_chans, **kw)
+    native = create_model(name, num_classes=head.out_channels, in_chans=dk.in_chans, **kw, **overrides)
     native.load_state_dict(native_state_dict(dk, native))
     if verify:
         check_equal(dk, native)
@@ -183,7 +178,7 @@ def from_darknet(
     if not native or name is None:
         return dk
     try:
-        return to_native(dk, name, verify).eval()
+        return to_native(dk, name, verify, **NATIVE_ARGS.get(Path(cfg).stem, {})).eval()
     except NotNative as e:
         warnings.warn(f"{cfg} is not exactly {name} ({e}); returning the cfg model", stacklevel=2)
         return dk

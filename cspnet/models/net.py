@@ -23,6 +23,7 @@ class StemCfg:
     kernel_size: int = 7
     stride: int = 2
     pool: bool = True
+    pool_size: int = 3  # 3: 3x3 stride-2 pad-1 (torchvision, timm); 2: darknet's [maxpool] size=2 stride=2
     kind: str = "conv"  # "conv" or "pelee" (stride 4; kernel_size, stride and pool unused)
 
     def __post_init__(self) -> None:
@@ -67,7 +68,8 @@ class CspNet(nn.Module):
             self.stem.add_module("conv1", ConvBNAct(in_chans, stem.out_chs, stem.kernel_size, stem_stride, **kw))
         reduction = stem_stride
         if stem.pool and stem.kind == "conv" and not cfg.small_input:
-            self.stem.add_module("pool", nn.MaxPool2d(3, 2, 1))
+            pool = nn.MaxPool2d(3, 2, 1) if stem.pool_size == 3 else nn.MaxPool2d(2, 2, ceil_mode=True)
+            self.stem.add_module("pool", pool)
             reduction *= 2
         self.feature_info = [dict(num_chs=stem.out_chs, reduction=reduction, module="stem")]
 

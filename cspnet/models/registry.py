@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -76,8 +77,11 @@ def apply_overrides(cfg: ModelCfg, overrides: dict) -> ModelCfg:
 
 
 def build_cfg(name: str, **overrides) -> ModelCfg:
-    """The ModelCfg of a registered model with overrides applied."""
-    return apply_overrides(model_info(name).build_cfg(), overrides)
+    """The ModelCfg of a registered model with overrides applied; builder arguments (e.g. layout) go to the builder."""
+    info = model_info(name)
+    params = inspect.signature(info.build_cfg).parameters
+    builder_kw = {k: overrides.pop(k) for k in list(overrides) if k in params}
+    return apply_overrides(info.build_cfg(**builder_kw), overrides)
 
 
 def create_model(

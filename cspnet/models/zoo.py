@@ -2,12 +2,40 @@
 
 from __future__ import annotations
 
+from cspnet.errors import ConfigError
 from cspnet.models.net import ModelCfg, StemCfg
 from cspnet.models.registry import register_model
 from cspnet.stages import StageCfg
 
 RESNET_STEM = StemCfg(out_chs=64, kernel_size=7, stride=2, pool=True)
 DARKNET_STEM = StemCfg(out_chs=32, kernel_size=3, stride=1, pool=False)
+LAYOUTS = ("timm", "darknet")
+
+
+def _check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise ConfigError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+
+
+def _csp_resnet(widths, layout: str, **kw) -> ModelCfg:
+    """CSPResNe(X)t-50. layout="timm": timm's cspnet.py (the default; timm weights).
+
+    layout="darknet": the authors' csresnet50.cfg / csresnext50.cfg exactly: 2x2 stem pool, a first stage whose
+    block part is 64 channels wide (the first bottleneck widens it, adding its input onto its first channels),
+    linear split convs in stages 2-3 only, leaky slope 0.1.
+    """
+    _check_layout(layout)
+    darknet = layout == "darknet"
+    stages = _stages(
+        (3, 3, 5, 2),
+        widths,
+        (1, 2, 2, 2),
+        cross_linear=(False, True, True, False) if darknet else True,
+        block_in_chs=(64, 0, 0, 0) if darknet else 0,
+        **kw,
+    )
+    stem = StemCfg(out_chs=64, kernel_size=7, stride=2, pool=True, pool_size=2 if darknet else 3)
+    return ModelCfg(stem, stages, act="leaky", leaky_slope=0.1 if darknet else 0.01)
 
 
 def _stages(depths, widths, strides, **kw) -> tuple[StageCfg, ...]:
@@ -40,17 +68,9 @@ def resnet50() -> ModelCfg:
     timm_name="cspresnet50",
     paper="CSPNet Table 4: CSPResNet-50 (leaky), 76.6 top-1",
 )
-def cspresnet50() -> ModelCfg:
-    # timm's layout: first block of each darknet stage folded into the split conv, hence depths 3,3,5,2
-    stages = _stages(
-        (3, 3, 5, 2),
-        (128, 256, 512, 1024),
-        (1, 2, 2, 2),
-        expand_ratio=2.0,
-        bottle_ratio=0.5,
-        cross_linear=True,
-    )
-    return ModelCfg(RESNET_STEM, stages, act="leaky")
+def cspresnet50(layout: str = "timm") -> ModelCfg:
+    # timm's depths 3,3,5,2: the darknet cfg's first 1x1 of each stage is the split conv, not a block
+    return _csp_resnet((128, 256, 512, 1024), layout, expand_ratio=2.0, bottle_ratio=0.5)
 
 
 # ResNeXt / CSPResNeXt
@@ -81,9 +101,8 @@ def resnext50_32x4d() -> ModelCfg:
     timm_name="cspresnext50",
     paper="CSPNet Table 4: CSPResNeXt-50 (leaky), 77.9 top-1",
 )
-def cspresnext50() -> ModelCfg:
-    stages = _stages((3, 3, 5, 2), (256, 512, 1024, 2048), (1, 2, 2, 2), bottle_ratio=1.0, groups=32, cross_linear=True)
-    return ModelCfg(RESNET_STEM, stages, act="leaky")
+def cspresnext50(layout: str = "timm") -> ModelCfg:
+    return _csp_resnet((256, 512, 1024, 2048), layout, bottle_ratio=1.0, groups=32)
 
 
 # Darknet / CSPDarknet
