@@ -10,7 +10,7 @@ import sys
 from cspnet.errors import CspnetError
 
 # modules that contribute sub-commands; each defines add_parser(subparsers)
-COMMAND_MODULES = ("cspnet.cli", "cspnet.darknet.cli", "cspnet.engine.cli")
+COMMAND_MODULES = ("cspnet.cli", "cspnet.bench.cli", "cspnet.darknet.cli", "cspnet.engine.cli")
 
 
 def _cmd_models(args: argparse.Namespace) -> int:

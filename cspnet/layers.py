@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cspnet import fast
 from cspnet.errors import ConfigError
 
 ACTIVATIONS = ("relu", "leaky", "mish", "silu", "linear")
@@ -54,6 +55,8 @@ class ConvBNAct(nn.Module):
         self.act = make_act(act, leaky_slope)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fast.active(self):  # fused model, eval, no autograd: one oneDNN conv+bias+act call (cspnet/fast.py)
+            return fast.conv_bn_act(self.conv, self.bn, self.act, x, fast.cache_of(self))
         return self.act(self.bn(self.conv(x)))
 
     @torch.no_grad()

@@ -1,0 +1,100 @@
+"""Bench results as JSON, a markdown table and a PNG chart (latency against MACs, CSP/plain pairs joined)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def markdown(result: dict) -> str:
+    """One table per (mode, batch) group, one row per variant, plus the machine."""
+    m, c = result["machine"], result["config"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['threads']} threads, ISA {'/'.join(m['isa']) or '?'}; torch {m['torch']}"
+        + (f", timm {m['timm']}" if "timm" in m else "")
+        + (f", onnxruntime {m['onnxruntime']}" if "onnxruntime" in m else "")
+        + ".",
+        f"Input {c['img_size']}x{c['img_size']}, {c['dtype']}, {c['runs']} interleaved runs per variant "
+        f"(after {c['warmup']} warm-up), median latency; spread = p25-p75.",
+    ]
+    for g in result["groups"]:
+        mm = g["matmul"]
+        lines += [
+            "",
+            f"**{g['mode']}, batch {g['batch']}** (matmul peak in the same run: {mm['gflops']:.0f} GFLOP/s, "
+            f"fp32 {mm['n']}x{mm['n']} torch.mm)",
+            "",
+            "| variant | params (M) | GMACs | median ms | p25-p75 ms | img/s | GFLOP/s | % of peak | peak mem (MiB) "
+            "| vs twin (MACs) | vs timm |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for label, r in g["rows"].items():
+            twin = f"{r['ratio_vs_twin']:.2f} ({r['macs_ratio_vs_twin']:.2f})" if "ratio_vs_twin" in r else "-"
+            timm = _fmt(r.get("ratio_vs_timm_same_opts", r.get("ratio_vs_timm_eager")), ".2f")
+            lines.append(
+                f"| {label} | {r['params'] / 1e6:.2f} | {r['macs'] / 1e9:.2f} | {r['median_ms']:.1f} | "
+                f"{r['p25_ms']:.1f}-{r['p75_ms']:.1f} | {r['images_per_s']:.1f} | {r['gflops']:.0f} | "
+                f"{100 * r['peak_share']:.0f} | {_fmt(r['peak_mem_mb'], '.0f')} | {twin} | {timm} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def chart(result: dict, path: str | Path) -> Path:
+    """Latency against GMACs, one panel per group, one point per variant, a line per CSP/plain pair."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = result["groups"]
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.5), squeeze=False)
+    for ax, g in zip(axes[0], groups):
+        rows = g["rows"]
+        colors: dict[str, str] = {}
+        for label, r in rows.items():
+            kind = label.split("@")[0].split(":")[0] if r["source"] == "timm" else r["source"]
+            color = colors.setdefault(kind + "@" + "+".join(r["opts"]), f"C{len(colors)}")
+            marker = "s" if r["source"] == "timm" else "o"
+            ax.scatter(r["macs"] / 1e9, r["median_ms"], color=color, marker=marker, zorder=3)
+            ax.annotate(label, (r["macs"] / 1e9, r["median_ms"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        by_key = {(r["name"], r["source"], tuple(r["opts"])): r for r in rows.values()}
+        for r in rows.values():
+            if "twin" not in r:
+                continue
+            for src in ("cspnet", "timm"):
+                a = by_key.get((r["name"], src, tuple(r["opts"])))
+                b = by_key.get((r["twin"], src, tuple(r["opts"])))
+                if a and b:
+                    ax.plot(
+                        [b["macs"] / 1e9, a["macs"] / 1e9],
+                        [b["median_ms"], a["median_ms"]],
+                        color="gray",
+                        ls="-" if src == "cspnet" else "--",
+                        lw=1,
+                    )
+        ax.set_xlabel("GMACs per image")
+        ax.set_ylabel("median latency (ms)")
+        ax.set_title(f"{g['mode']}, batch {g['batch']}")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{result['machine']['cpu']}, {result['machine']['threads']} threads, {result['config']['dtype']}")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_all(result: dict, out_dir: str | Path, stem: str = "bench") -> dict[str, Path]:
+    """bench.json, bench.md and bench.png in out_dir."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md", "png": out / f"{stem}.png"}
+    paths["json"].write_text(json.dumps(result, indent=2))
+    paths["md"].write_text(markdown(result))
+    chart(result, paths["png"])
+    return paths

@@ -1,0 +1,123 @@
+"""Inference fast path for ConvBNAct: BN folded into cached weights, activation and residual add fused by oneDNN.
+
+It runs for fused models (`model.fuse()`), in eval mode without autograd (torch.no_grad / inference_mode),
+outside tracing, scripting, torch.compile and dispatch modes (FlopCounterMode), so training, gradients,
+export, compile and MAC counting see the plain conv -> BN -> act graph. Unfused models keep exactly the
+arithmetic of timm's implementation unless FOLD_UNFUSED is set (folding changes float rounding, ~1e-6 relative).
+The cache is keyed on the tensors' versions: load_state_dict, optimizer steps and .to() invalidate it.
+Set `cspnet.fast.ENABLED = False` to measure or debug the plain path.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+ENABLED = True
+FOLD_UNFUSED = False  # also fold BN on the fly in unfused eval models (not bit-equal to timm any more)
+PACK = True  # keep weights in oneDNN's blocked layout (activations come out channels_last)
+_MKLDNN = hasattr(torch.ops, "mkldnn") and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+def active(module: nn.Module) -> bool:
+    """True when the fused path may replace conv -> BN -> act of a ConvBNAct `module`."""
+    return (
+        ENABLED
+        and (FOLD_UNFUSED or not isinstance(module.bn, nn.BatchNorm2d))
+        and not module.training
+        and not torch.is_grad_enabled()
+        and not torch.jit.is_tracing()
+        and not torch.jit.is_scripting()
+        and not torch.compiler.is_compiling()
+        and _get_current_dispatch_mode() is None  # FlopCounterMode, FakeTensorMode, ... see the real ops
+    )
+
+
+def onednn_attr(act: nn.Module) -> tuple[str, list] | None:
+    """oneDNN post-op name and scalars for an activation module, None if oneDNN cannot fuse it."""
+    if isinstance(act, nn.Identity):
+        return "none", []
+    if isinstance(act, nn.ReLU):
+        return "relu", []
+    if isinstance(act, nn.LeakyReLU):
+        return "leaky_relu", [act.negative_slope]
+    if isinstance(act, nn.SiLU):
+        return "swish", []
+    return None  # e.g. mish: conv fused with BN, activation applied afterwards
+
+
+class FoldCache(dict):
+    """Folded/packed weights of one conv; never copied or pickled (deepcopy, EMA, torch.save get it empty)."""
+
+    def __deepcopy__(self, memo: dict) -> FoldCache:
+        return FoldCache()
+
+    def __reduce__(self):
+        return (FoldCache, ())
+
+
+def cache_of(module: nn.Module) -> FoldCache:
+    """The module's folded-weight cache (a plain attribute: not in state_dict)."""
+    cache = module.__dict__.get("_fold")
+    if cache is None:
+        cache = module.__dict__["_fold"] = FoldCache()
+    return cache
+
+
+@torch.no_grad()
+def folded(conv: nn.Conv2d, bn: nn.Module, cache: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Weight and bias of bn(conv(x)) in eval mode, recomputed only when a tensor changed."""
+    is_bn = isinstance(bn, nn.BatchNorm2d)
+    tensors = (conv.weight, conv.bias) + ((bn.weight, bn.bias, bn.running_mean, bn.running_var) if is_bn else ())
+    key = tuple((t.data_ptr(), t._version, t.dtype, t.device) if t is not None else None for t in tensors)
+    if cache.get("key") != key:
+        cache.clear()
+        if is_bn:
+            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+            bias = bn.bias - bn.running_mean * scale
+            if conv.bias is not None:
+                bias = bias + conv.bias * scale
+            cache.update(key=key, weight=conv.weight * scale.reshape(-1, 1, 1, 1), bias=bias)
+        else:  # already folded by fuse()
+            cache.update(key=key, weight=conv.weight, bias=conv.bias)
+    return cache["weight"], cache["bias"]
+
+
+def conv_bn_act(
+    conv: nn.Conv2d, bn: nn.Module, act: nn.Module, x: torch.Tensor, cache: dict, residual=None
+) -> torch.Tensor:
+    """act(bn(conv(x)) [+ residual]) in one oneDNN call where possible (fp32 CPU), else folded conv + act."""
+    w, b = folded(conv, bn, cache)
+    attr = onednn_attr(act)
+    if _MKLDNN and x.device.type == "cpu" and x.dtype == torch.float32 and conv.padding_mode == "zeros":
+        geom = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+        if PACK:
+            if "packed" not in cache:  # oneDNN's blocked weight layout, made once instead of on every call
+                cache["packed"] = torch.ops.mkldnn._reorder_convolution_weight(w, *geom, list(x.shape))
+            w = cache["packed"]
+        args = (w, b, *geom)
+        if residual is None and attr is not None:
+            return torch.ops.mkldnn._convolution_pointwise(x, *args, attr[0], attr[1], "")
+        if residual is not None and residual.shape[1] == conv.out_channels:
+            # oneDNN adds the residual inside the conv; only relu may follow in the same call
+            relu = attr is not None and attr[0] == "relu"
+            y = torch.ops.mkldnn._convolution_pointwise.binary(
+                x, residual, *args, "add", None, "relu" if relu else None, [], ""
+            )
+            return y if relu else act(y)
+        y = torch.ops.mkldnn._convolution_pointwise(x, *args, "none", [], "")
+    else:
+        y = conv._conv_forward(x, w, b)
+    if residual is not None:
+        y = y + residual
+    return act(y)
+
+
+def residual_conv(unit: nn.Module, x: torch.Tensor, shortcut: torch.Tensor, act: nn.Module) -> torch.Tensor:
+    """act(unit(x) + shortcut) for a linear ConvBNAct `unit`, the add fused into the conv when possible."""
+    if active(unit) and isinstance(unit.act, nn.Identity):
+        return conv_bn_act(unit.conv, unit.bn, act, x, cache_of(unit), shortcut)
+    y = unit(x)
+    y += shortcut
+    return act(y)

@@ -1,0 +1,96 @@
+"""The benchmark harness's logic on tiny models (structure and arithmetic, never absolute times)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cspnet.bench.harness import BenchConfig, Variant, expand_variants, parse_variant, run_bench
+from cspnet.bench.report import markdown, write_all
+from cspnet.cli import main
+from cspnet.errors import ConfigError
+from cspnet.measure import count_macs, count_params
+from cspnet.models import create_model
+
+
+def test_parse_variant():
+    assert parse_variant("cspresnet50") == Variant("cspresnet50")
+    v = parse_variant("timm:cspresnet50@cl")
+    assert (v.name, v.source, v.opts, v.label) == ("cspresnet50", "timm", ("cl",), "timm:cspresnet50@cl")
+    assert parse_variant("resnet10@compile+fuse").opts == ("fuse", "compile")  # canonical order
+    for bad, msg in [("resnet10@fast", "unknown option"), ("tf:resnet10", "unknown source"), ("nosuch", "unknown")]:
+        with pytest.raises(ConfigError, match=msg):
+            parse_variant(bad)
+
+
+def test_expand_variants_adds_twins_and_timm():
+    labels = [v.label for v in expand_variants(["cspresnet50"], twins=True, compare_timm=True, opts=("cl",))]
+    assert labels == ["cspresnet50@cl", "resnet50@cl", "timm:cspresnet50@cl", "timm:resnet50@cl"]
+    assert [v.label for v in expand_variants(["resnet10", "resnet10"], twins=True)] == ["resnet10", "cspresnet10"]
+
+
+@pytest.fixture(scope="module")
+def result():
+    variants = [parse_variant(s) for s in ("cspresnet10", "resnet10", "cspresnet10@fuse+cl", "cspresnet10@ort")]
+    cfg = BenchConfig(variants=variants, img_size=64, batches=(1, 2), runs=2, warmup=0, train=True, matmul_size=64)
+    return run_bench(cfg)
+
+
+def test_bench_structure_and_arithmetic(result):
+    groups = [(g["mode"], g["batch"]) for g in result["groups"]]
+    assert groups == [("infer", 1), ("infer", 2), ("train", 1), ("train", 2)]
+    macs = count_macs(create_model("cspresnet10"), 64)
+    params = count_params(create_model("cspresnet10"))
+    for g in result["groups"]:
+        rows = g["rows"]
+        expected = ["cspresnet10", "resnet10"] + (
+            ["cspresnet10@fuse+cl", "cspresnet10@ort"] if g["mode"] == "infer" else []
+        )
+        assert list(rows) == expected  # fuse/ort variants cannot train
+        assert g["matmul"]["gflops"] == pytest.approx(2 * 64**3 / (g["matmul"]["median_ms"] / 1e3) / 1e9)
+        for r in rows.values():
+            sec = r["median_ms"] / 1e3
+            assert r["images_per_s"] == pytest.approx(g["batch"] / sec)
+            assert r["peak_share"] == pytest.approx(r["gflops"] / g["matmul"]["gflops"])
+            assert r["p25_ms"] <= r["median_ms"] <= r["p75_ms"]
+        csp = rows["cspresnet10"]
+        assert (csp["macs"], csp["params"]) == (macs, params)
+        flops = (6 if g["mode"] == "train" else 2) * macs * g["batch"]
+        assert csp["gflops"] == pytest.approx(flops / (csp["median_ms"] / 1e3) / 1e9)
+        assert csp["ratio_vs_twin"] == pytest.approx(csp["median_ms"] / rows["resnet10"]["median_ms"])
+        assert csp["macs_ratio_vs_twin"] == pytest.approx(macs / rows["resnet10"]["macs"])
+        assert "ratio_vs_twin" not in rows["resnet10"]  # ratios are CSP over plain
+        assert csp["peak_mem_mb"] > 0
+        if g["mode"] == "infer":
+            assert rows["cspresnet10@ort"]["peak_mem_mb"] is None  # not measurable inside onnxruntime
+        else:  # training keeps activations for backward: more memory than inference
+            infer = result["groups"][groups.index(("infer", g["batch"]))]["rows"]["cspresnet10"]
+            assert csp["peak_mem_mb"] > infer["peak_mem_mb"]
+    assert result["machine"]["threads"] >= 1 and "torch" in result["machine"]
+
+
+def test_report_files(result, tmp_path):
+    md = markdown(result)
+    for label in ("cspresnet10", "resnet10", "cspresnet10@fuse+cl", "cspresnet10@ort"):
+        assert sum(line.startswith(f"| {label} |") for line in md.splitlines()) == (4 if "@" not in label else 2)
+    paths = write_all(result, tmp_path)
+    assert json.loads(paths["json"].read_text())["groups"][0]["batch"] == 1
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_rejects_bad_config():
+    with pytest.raises(ConfigError, match="dtype"):
+        run_bench(BenchConfig(variants=[Variant("resnet10")], dtype="int4"))
+    with pytest.raises(ConfigError, match="no models"):
+        run_bench(BenchConfig(variants=[]))
+
+
+def test_bench_cli(tmp_path, capsys):
+    args = ["bench", "cspresnet10", "--twins", "--img", "32", "--runs", "1", "--warmup", "0", "--no-memory"]
+    assert main(args + ["--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| cspresnet10 |" in out and "| resnet10 |" in out
+    assert (tmp_path / "bench.png").is_file()
+    assert main(["bench", "cspresnet10@warp"]) == 2
+    assert "unknown option" in capsys.readouterr().err

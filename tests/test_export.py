@@ -1,0 +1,66 @@
+"""Export parity: ONNX (run by onnxruntime) and TorchScript (reloaded) match PyTorch on every zoo family."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_fuse import randomized, smallest_per_family
+
+from cspnet.cli import main
+from cspnet.errors import ConfigError, InputError
+from cspnet.export import export, load_runner, quantize_onnx_int8
+
+pytest.importorskip("onnxruntime")
+IMG = 32
+
+
+@pytest.mark.parametrize("name", smallest_per_family())
+def test_onnx_export_matches_pytorch_with_dynamic_batch(name, tmp_path):
+    model = randomized(name)
+    x = torch.randn(3, 3, IMG, IMG)
+    with torch.no_grad():
+        ref = model(x)
+    report = export(model, tmp_path / f"{name}.onnx", "onnx", img_size=IMG, batch=2, check_batch=3, runs=0)
+    assert report["max_abs_diff"] <= 1e-4 * report["output_scale"]
+    out = torch.from_numpy(load_runner(report["path"], "onnx")(x))  # batch 3: the export saw batch 2
+    assert float((out - ref).abs().max()) <= 1e-4 * max(1.0, float(ref.abs().max()))
+
+
+def test_torchscript_export_reloads_and_matches(tmp_path):
+    model = randomized("cspdarknet53")
+    report = export(model, tmp_path / "m.pt", "torchscript", img_size=IMG, runs=2)
+    assert report["max_abs_diff"] <= 1e-4 * report["output_scale"]
+    assert set(report["latency_ms_batch1"]) == {"pytorch", "torchscript"}
+    x = torch.randn(5, 3, IMG, IMG)
+    assert load_runner(report["path"], "torchscript")(x).shape == (5, 10)
+
+
+def test_export_rejects_bad_format_and_mismatch(tmp_path):
+    model = randomized("cspresnet10")
+    with pytest.raises(ConfigError, match="unknown export format"):
+        export(model, tmp_path / "m.x", "tflite")
+    with pytest.raises(InputError, match="differs from PyTorch"):
+        export(model, tmp_path / "m.onnx", "onnx", img_size=IMG, atol=0.0, runs=0)
+
+
+def test_int8_quantization_runs_and_mostly_agrees(tmp_path):
+    model = randomized("cspresnet10")
+    fp32 = export(model, tmp_path / "m.onnx", "onnx", img_size=IMG, runs=0)["path"]
+    calib = torch.randn(16, 3, IMG, IMG)
+    int8 = quantize_onnx_int8(fp32, tmp_path / "m.int8.onnx", calib)
+    assert int8.stat().st_size < 0.5 * (tmp_path / "m.onnx").stat().st_size  # int8 weights
+    x = calib[:8]
+    a = torch.from_numpy(load_runner(fp32, "onnx")(x))
+    b = torch.from_numpy(load_runner(int8, "onnx")(x))
+    assert b.shape == a.shape
+    assert float((a - b).abs().max()) < 0.5 * float(a.abs().max())  # quantized, not broken
+    with pytest.raises(InputError, match="calibration images"):
+        quantize_onnx_int8(fp32, tmp_path / "x.onnx", torch.randn(3, IMG, IMG))
+
+
+def test_export_cli(tmp_path, capsys):
+    out = tmp_path / "c.onnx"
+    assert main(["export", "--model", "cspresnet10", "--img", str(IMG), "--runs", "0", "--out", str(out)]) == 0
+    assert out.is_file() and "max |diff|" in capsys.readouterr().out
+    assert main(["export", "--weights", str(out)]) == 2
+    assert "--model" in capsys.readouterr().err
