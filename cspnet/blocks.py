@@ -9,11 +9,34 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cspnet.errors import ConfigError
 from cspnet.fast import residual_conv
 from cspnet.layers import BNActConv, ConvBNAct, make_act
+
+
+class PadChannels(nn.Module):
+    """Zero-pad channels: old darknet's [shortcut] from a narrower map adds onto the first channels only."""
+
+    def __init__(self, extra: int) -> None:
+        super().__init__()
+        self.extra = extra
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, (0, 0, 0, 0, 0, self.extra))
+
+
+def _shortcut(in_chs: int, out_chs: int, stride: int, kind: str) -> nn.Module | None:
+    """Residual shortcut: identity, a 1x1 projection (ResNet), or zero-padded channels (kind="pad", darknet)."""
+    if stride == 1 and in_chs == out_chs:
+        return None
+    if kind == "pad" and stride == 1 and in_chs < out_chs:
+        return PadChannels(out_chs - in_chs)
+    if kind not in ("proj", "pad"):
+        raise ConfigError(f"unknown shortcut {kind!r}; choose proj or pad")
+    return ConvBNAct(in_chs, out_chs, 1, stride, act=None)
 
 
 class Bottleneck(nn.Module):
@@ -28,6 +51,7 @@ class Bottleneck(nn.Module):
         groups: int = 1,
         act: str = "relu",
         leaky_slope: float = 0.01,
+        shortcut: str = "proj",
     ) -> None:
         super().__init__()
         mid = int(round(out_chs * bottle_ratio))
@@ -36,7 +60,7 @@ class Bottleneck(nn.Module):
         self.conv2 = ConvBNAct(mid, mid, 3, stride, groups=groups, act=act, leaky_slope=leaky_slope)
         self.conv3 = ConvBNAct(mid, out_chs, 1, act=None)
         # projection shortcut only where the shape changes (first block of a ResNet stage)
-        self.downsample = ConvBNAct(in_chs, out_chs, 1, stride, act=None) if stride != 1 or in_chs != out_chs else None
+        self.downsample = _shortcut(in_chs, out_chs, stride, shortcut)
         self.act3 = make_act(act, leaky_slope)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -59,13 +83,14 @@ class BasicBlock(nn.Module):
         groups: int = 1,
         act: str = "relu",
         leaky_slope: float = 0.01,
+        shortcut: str = "proj",
     ) -> None:
         super().__init__()
         mid = int(round(out_chs * bottle_ratio))
         self.out_chs = out_chs
         self.conv1 = ConvBNAct(in_chs, mid, 3, stride, groups=groups, act=act, leaky_slope=leaky_slope)
         self.conv2 = ConvBNAct(mid, out_chs, 3, act=None)
-        self.downsample = ConvBNAct(in_chs, out_chs, 1, stride, act=None) if stride != 1 or in_chs != out_chs else None
+        self.downsample = _shortcut(in_chs, out_chs, stride, shortcut)
         self.act2 = make_act(act, leaky_slope)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
