@@ -199,6 +199,8 @@ class Trainer:
         self._setup_device()
         seed_everything(c.seed, c.deterministic)
         model = self.task.build_model()
+        if c.sync_bn and self.device.type != "cuda":
+            raise ConfigError("SyncBatchNorm works on CUDA only; drop --sync-bn for CPU (gloo) runs")
         if c.sync_bn and self.world > 1:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(self.device, memory_format=torch.channels_last if c.channels_last else None)
@@ -344,7 +346,7 @@ class Trainer:
                 )
         elapsed = time.perf_counter() - t0
         self.reduce(sums)
-        if not sums or sums.get("n", torch.tensor(1.0)).item() == 0:
+        if float(sums.get("n", 0)) == 0:
             what = "training" if train else "validation"
             raise InputError(f"no readable {what} images in {loader.dataset.where}: every image failed to load")
         out = self.task.summarize(sums)
