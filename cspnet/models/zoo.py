@@ -52,7 +52,7 @@ def _stages(depths, widths, strides, **kw) -> tuple[StageCfg, ...]:
     params_m=25.557,
     gmacs=4.089,
     timm_name="resnet50",
-    paper="He et al. 2016; CSPNet Table 4 baseline (ResNet-50)",
+    paper="He et al. 2016 (torchvision/timm ResNet-50); authors' README baseline: darknet ResNet-50, 75.8 top-1",
 )
 def resnet50() -> ModelCfg:
     stages = _stages(
@@ -66,7 +66,7 @@ def resnet50() -> ModelCfg:
     params_m=21.616,
     gmacs=3.459,
     timm_name="cspresnet50",
-    paper="CSPNet Table 4: CSPResNet-50 (leaky), 76.6 top-1",
+    paper="authors' README (ImageNet): CSPResNet-50, 21.57M, 8.97 BFLOPs at 256, 76.6 top-1",
 )
 def cspresnet50(layout: str = "timm") -> ModelCfg:
     # timm's depths 3,3,5,2: the darknet cfg's first 1x1 of each stage is the split conv, not a block
@@ -79,7 +79,7 @@ def cspresnet50(layout: str = "timm") -> ModelCfg:
     params_m=25.029,
     gmacs=4.230,
     timm_name="resnext50_32x4d",
-    paper="Xie et al. 2017; CSPNet Table 4 baseline (ResNeXt-50)",
+    paper="Xie et al. 2017 (ResNeXt-50 32x4d); authors' README baseline: 77.8 top-1",
 )
 def resnext50_32x4d() -> ModelCfg:
     stages = _stages(
@@ -99,7 +99,7 @@ def resnext50_32x4d() -> ModelCfg:
     params_m=20.570,
     gmacs=3.074,
     timm_name="cspresnext50",
-    paper="CSPNet Table 4: CSPResNeXt-50 (leaky), 77.9 top-1",
+    paper="authors' README (ImageNet): CSPResNeXt-50, 20.50M, 7.93 BFLOPs at 256, 77.9 top-1",
 )
 def cspresnext50(layout: str = "timm") -> ModelCfg:
     return _csp_resnet((256, 512, 1024, 2048), layout, bottle_ratio=1.0, groups=32)
@@ -111,7 +111,7 @@ def cspresnext50(layout: str = "timm") -> ModelCfg:
     params_m=41.610,
     gmacs=7.109,
     timm_name="darknet53",
-    paper="Redmon & Farhadi 2018 (YOLOv3 backbone); CSPNet Table 4 baseline",
+    paper="Redmon & Farhadi 2018 (YOLOv3 backbone); authors' README: 41.57M, 18.57 BFLOPs at 256, 77.2 top-1",
 )
 def darknet53() -> ModelCfg:
     stages = _stages(
@@ -130,7 +130,7 @@ def darknet53() -> ModelCfg:
     params_m=27.642,
     gmacs=5.003,
     timm_name="cspdarknet53",
-    paper="CSPNet Table 4: CSPDarknet-53 (leaky), 77.2 top-1; YOLOv4 backbone with mish",
+    paper="authors' README (ImageNet): CSPDarkNet-53, 27.61M, 13.07 BFLOPs at 256, 77.2 top-1; YOLOv4 backbone (mish)",
 )
 def cspdarknet53() -> ModelCfg:
     stages = _stages(
