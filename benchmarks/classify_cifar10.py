@@ -40,6 +40,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs", default="runs/bench_cifar10", help="where the two training runs go")
+    p.add_argument("--reuse", action="store_true", help="take finished runs from OUT.json; remeasure speed, rewrite")
+    p.add_argument("--speed-runs", type=int, default=10, help="interleaved timed train steps per model")
     p.add_argument("--out", default=str(REPO / "docs" / "results" / "classify_cifar10"), help="writes OUT.md, OUT.png")
     return p.parse_args()
 
@@ -59,9 +61,6 @@ def train_cmd(a: argparse.Namespace, model: str) -> list[str]:
 
 def run_one(a: argparse.Namespace, model: str) -> dict:
     """Train one model in a child process; its peak RSS comes from os.wait4 on that child."""
-    from cspnet.measure import count_macs, count_params
-    from cspnet.models import create_model
-
     t0 = time.perf_counter()
     proc = subprocess.Popen(train_cmd(a, model), cwd=REPO)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -69,11 +68,8 @@ def run_one(a: argparse.Namespace, model: str) -> dict:
     if proc.returncode:
         sys.exit(f"training {model} failed with exit code {proc.returncode}")
     rows = list(csv.DictReader((Path(a.runs) / model / "results.csv").open()))
-    net = create_model(model, num_classes=10, **({"small_input": True} if a.small_input else {}))
     return {
         "model": model,
-        "params_m": count_params(net) / 1e6,
-        "mmacs": count_macs(net, a.img) / 1e6,
         "top1": float(rows[-1]["val/top1"]),
         "top5": float(rows[-1]["val/top5"]),
         "img_s": sum(float(r["img_s"]) for r in rows) / len(rows),
@@ -81,6 +77,34 @@ def run_one(a: argparse.Namespace, model: str) -> dict:
         "wall_min": (time.perf_counter() - t0) / 60,
         "curve": [float(r["val/top1"]) for r in rows],
     }
+
+
+def train_speed(a: argparse.Namespace, models: list[str]) -> dict[str, float]:
+    """Train-step img/s on a synthetic batch, the models timed in turn (A B A B ...) so machine noise hits both."""
+    import statistics
+
+    import torch
+    import torch.nn.functional as F
+
+    from cspnet.measure import time_interleaved
+    from cspnet.models import create_model
+
+    device = torch.device("cuda" if a.device != "cpu" and torch.cuda.is_available() else "cpu")
+    x = torch.randn(a.batch, 3, a.img, a.img, device=device)
+    y = torch.randint(0, 10, (a.batch,), device=device)
+    steps = {}
+    for name in models:
+        net = create_model(name, num_classes=10, **({"small_input": True} if a.small_input else {})).to(device)
+        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+
+        def step(net=net, opt=opt) -> None:
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+
+        steps[name] = step
+    times = time_interleaved(steps, runs=a.speed_runs, warmup=2)
+    return {name: a.batch / statistics.median(t) for name, t in times.items()}
 
 
 def machine(device: str) -> str:
@@ -91,7 +115,7 @@ def machine(device: str) -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
 
 
-def write(a: argparse.Namespace, results: list[dict], command: str) -> None:
+def write(a: argparse.Namespace, results: list[dict], commands: list[str]) -> None:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     images = (a.subset or 50000) * a.epochs
@@ -103,17 +127,20 @@ def write(a: argparse.Namespace, results: list[dict], command: str) -> None:
         f"weight decay {a.weight_decay}, random resized crop (scale 0.35-1) + flip, EMA weights evaluated, "
         f"{a.img}x{a.img} input{', small-input stem' if a.small_input else ' (standard stem, stride 4)'}, seed {a.seed}.",
         "Top-1/top-5 on all 10,000 test images after the last epoch. MACs: torch.utils.flop_counter at "
-        f"{a.img}x{a.img}, batch 1, 10 classes. Train img/s: mean over epochs of the training phase, data loading "
-        "included. Peak memory: max RSS of the training process (os.wait4 ru_maxrss), data-loader workers included "
-        "when Linux folds them in.",
+        f"{a.img}x{a.img}, batch 1, 10 classes. Train img/s (step): forward+backward+SGD step on a synthetic batch "
+        f"of {a.batch}, median of {a.speed_runs} steps, the two models timed in turn (A B A B) so machine load hits "
+        "both alike. Train img/s (run): mean over epochs of the real training phase, data loading included; it "
+        "depends on what else the machine ran at the time. Peak memory: max RSS of the training process "
+        "(os.wait4 ru_maxrss; data-loader workers are separate processes).",
         "",
-        "| model | params (M) | MMACs | test top-1 (%) | test top-5 (%) | train img/s | peak RSS (MiB) | wall (min) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | params (M) | MMACs | test top-1 (%) | test top-5 (%) | train img/s (step) | train img/s (run) "
+        "| peak RSS (MiB) | wall (min) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r['model']} | {r['params_m']:.3f} | {r['mmacs']:.1f} | {r['top1']:.2f} | {r['top5']:.2f} | "
-            f"{r['img_s']:.0f} | {r['peak_rss_mib']:.0f} | {r['wall_min']:.1f} |"
+            f"{r['step_img_s']:.0f} | {r['img_s']:.0f} | {r['peak_rss_mib']:.0f} | {r['wall_min']:.1f} |"
         )
     c, p = results
     lines += [
@@ -122,17 +149,17 @@ def write(a: argparse.Namespace, results: list[dict], command: str) -> None:
         f"{100 * (1 - c['params_m'] / p['params_m']):.0f}% fewer params, top-1 {c['top1'] - p['top1']:+.2f} points. "
         "One seed: differences of about a point are within run-to-run noise at this budget.",
         "",
-        "Command (from the repository root):",
+        "Command (from the repository root; a second line with --reuse remeasured speed on the finished runs):",
         "",
         "```",
-        command,
+        *commands,
         "```",
         "",
         f"![test top-1 per epoch]({out.name}.png)",
         "",
     ]
     out.with_suffix(".md").write_text("\n".join(lines))
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    out.with_suffix(".json").write_text(json.dumps({"commands": commands, "results": results}, indent=2))
 
     import matplotlib
 
@@ -153,12 +180,24 @@ def write(a: argparse.Namespace, results: list[dict], command: str) -> None:
 
 
 def main() -> None:
+    from cspnet.measure import count_macs, count_params
+    from cspnet.models import create_model
+
     a = parse()
     if not Path(a.data).is_file():
         sys.exit(f"{a.data} not found; pass --data PATH/TO/cifar10.zip")
-    command = "python benchmarks/classify_cifar10.py " + shlex.join(sys.argv[1:])
-    results = [run_one(a, m) for m in a.models]
-    write(a, results, command.strip())
+    command = ("python benchmarks/classify_cifar10.py " + shlex.join(sys.argv[1:])).strip()
+    if a.reuse:
+        saved = json.loads(Path(a.out).with_suffix(".json").read_text())
+        results = [next(r for r in saved["results"] if r["model"] == m) for m in a.models]
+        commands = [*saved["commands"], command]
+    else:
+        results, commands = [run_one(a, m) for m in a.models], [command]
+    speed = train_speed(a, a.models)
+    for r in results:
+        net = create_model(r["model"], num_classes=10, **({"small_input": True} if a.small_input else {}))
+        r.update(params_m=count_params(net) / 1e6, mmacs=count_macs(net, a.img) / 1e6, step_img_s=speed[r["model"]])
+    write(a, results, commands)
 
 
 if __name__ == "__main__":
