@@ -23,8 +23,8 @@ def data(tmp_path):
     return make_folder(tmp_path / "data", n=16, size=32)  # 32 images: 4 batches of 8
 
 
-def trainer(data, save_dir, task_cls=ClassifyTask, **kw) -> Trainer:
-    task = task_cls(ClassifyCfg(model="resnet10", data=str(data), img=32))
+def trainer(data, save_dir, task_cls=ClassifyTask, task_kw=None, **kw) -> Trainer:
+    task = task_cls(ClassifyCfg(model="resnet10", data=str(data), img=32, **(task_kw or {})))
     cfg = dict(epochs=2, batch=8, lr=0.05, workers=0, save_dir=str(save_dir), seed=0)
     return Trainer(task, TrainCfg(**{**cfg, **kw}))
 
@@ -57,7 +57,8 @@ def test_checkpoint_is_atomic(tmp_path, monkeypatch):
 
 def test_fit_writes_the_run_folder(data, tmp_path):
     run = tmp_path / "run"
-    t = trainer(data, run, amp="bf16", accumulate=2, channels_last=True)
+    aug = dict(mixup=0.2, cutmix=1.0, label_smoothing=0.1, randaugment=True)
+    t = trainer(data, run, task_kw=aug, amp="bf16", accumulate=2, channels_last=True, optimizer="adamw", lr=1e-3)
     m = t.fit()
     for f in ("args.yaml", "results.csv", "weights/last.pt", "weights/best.pt", "loss.png", "metrics.png", "lr.png"):
         assert (run / f).is_file(), f
@@ -175,6 +176,11 @@ def test_cli_train_val_predict_and_errors(data, tmp_path, capsys):
     other = make_folder(tmp_path / "three", classes=("a", "b", "c"), size=32)
     assert main(["classify", "val", "--weights", str(best), "--data", str(other), "--workers", "0"]) == 2
     assert "reset_classifier" in capsys.readouterr().err
+    # fine-tuning on 3 classes from the 2-class checkpoint: a warning and a fresh classifier
+    tune = ["classify", "train", "--data", str(other), "--img", "32", "--batch", "4", "--workers", "0", "--epochs", "1"]
+    with pytest.warns(UserWarning, match="reset_classifier"):
+        assert main([*tune, "--model", "resnet10", "--weights", str(best), "--project", proj, "--name", "t"]) == 0
+    assert load_checkpoint(tmp_path / "runs/t/weights/last.pt")["model"]["head.fc.weight"].shape[0] == 3
     # a checkpoint of another architecture as initial weights; resuming as another model; an existing run
     assert main([*base, "--model", "cspresnet10", "--weights", str(best), "--project", proj, "--name", "x"]) == 2
     assert "another architecture" in capsys.readouterr().err
