@@ -57,7 +57,7 @@ def build_trainer(args: argparse.Namespace) -> tuple[Trainer, str | None]:
         values["save_dir"] = str(run_dir(args.project, args.name, args.exist_ok))
     task_args = {k: v for k, v in values.items() if k in TASK_FIELDS}
     cfg = TrainCfg(**{k: v for k, v in values.items() if k in TRAIN_FIELDS})
-    return Trainer(ClassifyTask(ClassifyCfg(**task_args)), cfg, task_args), (str(resume) if resume else None)
+    return Trainer(ClassifyTask(ClassifyCfg(**task_args)), cfg), (str(resume) if resume else None)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -45,6 +45,7 @@ class Task(Protocol):
 
     name: str
     fitness: str  # the metric (higher is better) that picks best.pt, e.g. "val/top1"
+    cfg: Any  # a dataclass of the task's settings (model, data, ...); saved with the run's args
 
     def build_model(self) -> nn.Module: ...
 
@@ -149,8 +150,9 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 class Trainer:
     """Trains a Task with a TrainCfg; `fit()` runs to the end and returns the last epoch's metrics."""
 
-    def __init__(self, task: Task, cfg: TrainCfg, task_args: dict | None = None):
-        self.task, self.cfg, self.task_args = task, cfg, task_args or {}
+    def __init__(self, task: Task, cfg: TrainCfg):
+        self.task, self.cfg = task, cfg
+        self.args = {**dataclasses.asdict(task.cfg), **dataclasses.asdict(cfg)}  # args.yaml; resume rebuilds from it
         self.world = int(os.environ.get("WORLD_SIZE", 1))
         self.rank = int(os.environ.get("RANK", 0))
         self.main = self.rank == 0
@@ -249,7 +251,7 @@ class Trainer:
         ckpt = {
             "task": self.task.name,
             "meta": self.task.meta(),
-            "args": {**self.task_args, **dataclasses.asdict(self.cfg)},
+            "args": self.args,
             "epoch": epoch,
             "batch": batch,
             "best_fitness": self.best,
@@ -348,7 +350,8 @@ class Trainer:
         self.reduce(sums)
         if float(sums.get("n", 0)) == 0:
             what = "training" if train else "validation"
-            raise InputError(f"no readable {what} images in {loader.dataset.where}: every image failed to load")
+            where = getattr(loader.dataset, "where", "the dataset")
+            raise InputError(f"no readable {what} images in {where}: every image failed to load")
         out = self.task.summarize(sums)
         out["skipped"] = int(sums["skipped"].item())
         if train:
@@ -424,7 +427,7 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter
 
         self.save_dir.mkdir(parents=True, exist_ok=True)
-        (self.save_dir / "args.yaml").write_text(yaml.safe_dump({**self.task_args, **dataclasses.asdict(self.cfg)}))
+        (self.save_dir / "args.yaml").write_text(yaml.safe_dump(self.args, sort_keys=False))
         csv_path = self.save_dir / "results.csv"
         if resumed and csv_path.exists():  # drop rows after the checkpoint (killed between csv and checkpoint)
             rows = [r for r in csv.DictReader(csv_path.open()) if int(r["epoch"]) <= self.start_epoch]
