@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from cspnet.errors import InputError
 
@@ -67,27 +67,26 @@ def _is_image(name: str) -> bool:
 
 
 def _index(paths: list[str]) -> tuple[list[tuple[str, int]], list[str]]:
-    """Samples and sorted class names from '<class>/<file>' paths."""
+    """Samples and sorted class names from '<class>/<file>' paths inside a zip."""
     classes = sorted({p.split("/", 1)[0] for p in paths})
     idx = {c: i for i, c in enumerate(classes)}
     return [(p, idx[p.split("/", 1)[0]]) for p in sorted(paths)], classes
 
 
 class ImageFolderDataset(ImageDataset):
-    """`<root>/<class>/*.jpg` on disk (torchvision's ImageFolder layout and extensions)."""
+    """`<root>/<class>/*.jpg` on disk, indexed by torchvision's ImageFolder helpers (find_classes, make_dataset)."""
 
     def __init__(self, root: str | Path, transform: Callable | None = None):
         root = Path(root)
         if not root.is_dir():
             raise InputError(f"split folder {root} not found; expected {root}/<class>/*.jpg")
-        paths = [
-            f"{d.name}/{f.relative_to(d).as_posix()}"
-            for d in sorted(root.iterdir())
-            if d.is_dir()
-            for f in sorted(d.rglob("*"))
-            if _is_image(f.name)
-        ]
-        super().__init__(*_index(paths), str(root), transform)
+        try:
+            classes, class_to_idx = find_classes(root)
+        except FileNotFoundError:
+            classes, class_to_idx = [], {}
+        samples = make_dataset(root, class_to_idx, IMG_EXTENSIONS, allow_empty=True) if classes else []
+        samples = [(Path(p).relative_to(root).as_posix(), t) for p, t in samples]
+        super().__init__(samples, classes, str(root), transform)
         self.root = root
 
     def open(self, ref: str) -> Image.Image:
