@@ -33,15 +33,22 @@ def count_macs(
     return counter.get_total_flops() // 2
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], runs: int = 20, warmup: int = 3) -> dict[str, list[float]]:
-    """Time each callable `runs` times, interleaved A B A B ..., so machine noise hits all alike. Seconds."""
+def time_interleaved(
+    fns: dict[str, Callable[[], object]], runs: int = 20, warmup: int = 3, rotate: bool = False
+) -> dict[str, list[float]]:
+    """Time each callable `runs` times, interleaved A B A B ..., so machine noise hits all alike. Seconds.
+
+    rotate: start each round one place later (A B C, B C A, ...) so no callable always follows the same one.
+    """
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    for _ in range(runs):
-        for name, fn in fns.items():
+    items = list(fns.items())
+    for i in range(runs):
+        k = i % len(items) if rotate else 0
+        for name, fn in items[k:] + items[:k]:
             sync()
             t0 = time.perf_counter()
             fn()

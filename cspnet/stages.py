@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from cspnet import fast
 from cspnet.blocks import get_block
 from cspnet.errors import ConfigError
 from cspnet.layers import BNActConv, ConvBNAct
@@ -177,6 +178,8 @@ class CrossStage(nn.Module):
             self.out_chs = out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fast.cross_active(self):  # fused model in eval: no split/concat copies (cspnet/fast.py)
+            return fast.cross_stage(self, x)
         x = self.conv_down(x)
         if self.split is None:
             return self.blocks(x)

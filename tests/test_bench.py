@@ -94,3 +94,12 @@ def test_bench_cli(tmp_path, capsys):
     assert (tmp_path / "bench.png").is_file()
     assert main(["bench", "cspresnet10@warp"]) == 2
     assert "unknown option" in capsys.readouterr().err
+
+
+def test_time_interleaved_rotates_order():
+    from cspnet.measure import time_interleaved
+
+    order: list[str] = []
+    fns = {k: (lambda k=k: order.append(k)) for k in "abc"}
+    times = time_interleaved(fns, runs=3, warmup=0, rotate=True)
+    assert order == list("abcbcacab") and all(len(v) == 3 for v in times.values())

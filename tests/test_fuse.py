@@ -150,3 +150,14 @@ def test_fused_model_exports_to_torchscript_graph_without_bn(tmp_path):
     model = randomized("cspresnet10").fuse()
     traced = torch.jit.trace(model, torch.randn(1, 3, IMG, IMG), check_trace=False)
     assert "batch_norm" not in str(traced.inlined_graph)
+
+
+@pytest.mark.parametrize("split_exp,split_transition", [(False, False), (True, True)])
+def test_cross_stage_variants_match(monkeypatch, split_exp, split_transition):
+    monkeypatch.setattr(fast, "SPLIT_EXP", split_exp)
+    monkeypatch.setattr(fast, "SPLIT_TRANSITION", split_transition)
+    model = randomized("cspresnext50")
+    x = torch.randn(2, 3, IMG, IMG)
+    ref = plain(model, x)
+    with torch.inference_mode():
+        assert_same(model.fuse()(x), ref)

@@ -100,6 +100,7 @@ def machine_info(threads: int) -> dict:
         "isa": [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in flags],
         "torch": torch.__version__,
         "python": platform.python_version(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
     }
     for mod in ("timm", "onnxruntime"):
         try:
@@ -260,7 +261,7 @@ def run_group(cfg: BenchConfig, batch: int, train: bool) -> dict:
     a, b = torch.randn(n, n), torch.randn(n, n)
     fns: dict[str, Callable[[], object]] = {MATMUL: lambda: torch.mm(a, b)}
     fns.update({k: r.step for k, r in runners.items()})
-    times = time_interleaved(fns, runs=cfg.runs, warmup=cfg.warmup)
+    times = time_interleaved(fns, runs=cfg.runs, warmup=cfg.warmup, rotate=True)
     mm = summarize(times[MATMUL])
     peak_gflops = 2 * n**3 / (mm["median_ms"] / 1e3) / 1e9
     flops_per_mac = 6 if train else 2  # backward ~ 2x forward
