@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -153,7 +154,8 @@ def render(results: dict, cmd: str) -> str:
         "Produced by `" + cmd + "` (commit it ran on: see git log).",
         "",
         f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['threads']} torch threads, "
-        f"ISA {'/'.join(m['isa'])} (no AVX-512, so no native bf16 or VNNI int8); torch {m['torch']}, "
+        f"ISA {'/'.join(m['isa'])} (no AVX-512, so no native bf16 or VNNI int8), "
+        f"OMP_WAIT_POLICY={m.get('omp_wait_policy', 'default')}; torch {m['torch']}, "
         f"timm {m.get('timm', '-')}, onnxruntime {m.get('onnxruntime', '-')}. The 2 cores were shared with other "
         "jobs during the run: every table is one interleaved measurement (variants timed round-robin in one "
         "process, medians), so ratios inside a table hold better than absolute milliseconds.",
@@ -188,6 +190,37 @@ def render(results: dict, cmd: str) -> str:
     return "\n".join(lines)
 
 
+def precision_section(p: dict) -> str:
+    """bf16 and int8 against fp32: accuracy on CIFAR-10 and speed, from benchmarks/precision.py."""
+    lines = ["## D. Reduced precision", ""]
+    acc = p.get("accuracy")
+    if acc:
+        lines += [
+            f"Accuracy: `{acc['model']}` CIFAR-10 checkpoint `{acc['checkpoint']}` ({acc['img']}x{acc['img']} input), "
+            f"all {acc['test_images']} test images. int8: onnxruntime static post-training quantization (QDQ, "
+            "per-channel weights, 512 calibration images from the train split).",
+            "",
+            "| precision | top-1 | top-1 agreement with fp32 | max logit diff vs fp32 |",
+            "|---|---:|---:|---:|",
+        ]
+        for k, r in acc["rows"].items():
+            lines.append(f"| {k} | {100 * r['top1']:.2f}% | {100 * r['agree_fp32']:.2f}% | {r['max_logit_diff']:.3g} |")
+        lines.append("")
+    sp = p["speed"]
+    med = sp["median_ms"]
+    base = med["fp32 PyTorch eager"]
+    lines += [
+        f"Speed: `{sp['model']}`, batch {sp['batch']}, {sp['img']}x{sp['img']}, {sp['runs']} interleaved runs, "
+        f"OMP_WAIT_POLICY={p['machine'].get('omp_wait_policy', 'default')}.",
+        "",
+        "| path | median ms | vs fp32 PyTorch eager |",
+        "|---|---:|---:|",
+        *[f"| {k} | {v:.1f} | {v / base:.2f} |" for k, v in med.items()],
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", nargs="+", choices=sorted(MATRICES), default=sorted(MATRICES))
@@ -196,9 +229,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=str(OUT), help="writes OUT.json, OUT.md, OUT.png")
     p.add_argument("--render", default=None, help="only rewrite the markdown from this JSON")
+    p.add_argument("--precision", default=None, help="JSON from benchmarks/precision.py to include")
     a = p.parse_args()
     out = Path(a.out)
-    cmd = "python benchmarks/" + Path(__file__).name + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
+    env = f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} " if "OMP_WAIT_POLICY" in os.environ else ""
+    cmd = env + "python benchmarks/" + Path(__file__).name + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
     if a.render:
         saved = json.loads(Path(a.render).read_text())
         results, cmd = saved["results"], saved["command"]
@@ -211,7 +246,10 @@ def main() -> None:
             out.with_suffix(".json").write_text(json.dumps({"command": cmd, "results": results}, indent=2))
     if "A" in results:
         chart(results["A"], out.with_suffix(".png"))
-    out.with_suffix(".md").write_text(render(results, cmd))
+    text = render(results, cmd)
+    if a.precision:
+        text += precision_section(json.loads(Path(a.precision).read_text()))
+    out.with_suffix(".md").write_text(text)
     print(out.with_suffix(".md").read_text())
 
 

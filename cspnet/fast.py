@@ -17,6 +17,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 ENABLED = True
 FOLD_UNFUSED = False  # also fold BN on the fly in unfused eval models (not bit-equal to timm any more)
 PACK = True  # keep weights in oneDNN's blocked layout (activations come out channels_last)
+MAX_SHAPES = 4  # packed weights kept per conv, one per input shape seen (oldest dropped)
 SPLIT_EXP = True  # see cross_stage
 SPLIT_TRANSITION = False  # see cross_stage; measured within noise (+-4%) of concat + one conv, so off
 _MKLDNN = hasattr(torch.ops, "mkldnn") and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
@@ -100,12 +101,16 @@ def _onednn(conv: nn.Conv2d, x, w, b, act: nn.Module, cache: dict, slot: str, re
         y = conv._conv_forward(x, w.contiguous(), b)
         return act(y if residual is None else y + residual)
     geom = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
-    pw = cache.get(slot)
-    if pw is None:  # once per weight: oneDNN's blocked layout (PACK) or at least a contiguous slice
+    key = (slot, tuple(x.shape)) if PACK else slot
+    pw = cache.get(key)
+    if pw is None:  # once per weight (and input shape: oneDNN picks the blocked layout for it)
         pw = w.contiguous()
         if PACK:
             pw = torch.ops.mkldnn._reorder_convolution_weight(pw, *geom, list(x.shape))
-        cache[slot] = pw
+            old = [k for k in cache if isinstance(k, tuple) and k[0] == slot]
+            for k in old[: max(0, len(old) - MAX_SHAPES + 1)]:  # bounded: a few input shapes per weight
+                del cache[k]
+        cache[key] = pw
     args = (pw, b, *geom)
     if residual is None:
         if attr is not None:

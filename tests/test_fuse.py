@@ -161,3 +161,15 @@ def test_cross_stage_variants_match(monkeypatch, split_exp, split_transition):
     ref = plain(model, x)
     with torch.inference_mode():
         assert_same(model.fuse()(x), ref)
+
+
+def test_packed_weights_follow_input_shape():
+    model = randomized("cspresnet10").fuse()
+    unit = model.stem.conv1
+    for batch in range(1, 7):
+        x = torch.randn(batch, 3, IMG, IMG)
+        with torch.inference_mode():
+            assert_same(model(x), plain(model, x))
+    if fast.PACK and fast._MKLDNN:
+        shapes = [k for k in fast.cache_of(unit) if isinstance(k, tuple)]
+        assert len(shapes) == fast.MAX_SHAPES and shapes[-1] == ("w", (6, 3, IMG, IMG))

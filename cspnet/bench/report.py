@@ -14,7 +14,8 @@ def markdown(result: dict) -> str:
     """One table per (mode, batch) group, one row per variant, plus the machine."""
     m, c = result["machine"], result["config"]
     lines = [
-        f"Machine: {m['cpu']}, {m['threads']} threads, ISA {'/'.join(m['isa']) or '?'}; torch {m['torch']}"
+        f"Machine: {m['cpu']}, {m['threads']} threads, ISA {'/'.join(m['isa']) or '?'}, "
+        f"OMP_WAIT_POLICY {m.get('omp_wait_policy', '?')}; torch {m['torch']}"
         + (f", timm {m['timm']}" if "timm" in m else "")
         + (f", onnxruntime {m['onnxruntime']}" if "onnxruntime" in m else "")
         + ".",
