@@ -14,7 +14,7 @@ pytest.importorskip("onnxruntime")
 IMG = 32
 
 
-@pytest.mark.parametrize("name", smallest_per_family())
+@pytest.mark.parametrize("name", smallest_per_family(csp=True) + smallest_per_family(csp=False))
 def test_onnx_export_matches_pytorch_with_dynamic_batch(name, tmp_path):
     model = randomized(name)
     x = torch.randn(3, 3, IMG, IMG)
