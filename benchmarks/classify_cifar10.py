@@ -147,7 +147,7 @@ def write(a: argparse.Namespace, results: list[dict], commands: list[str]) -> No
         "",
         f"{c['model']} vs {p['model']}: {100 * (1 - c['mmacs'] / p['mmacs']):.0f}% fewer MACs, "
         f"{100 * (1 - c['params_m'] / p['params_m']):.0f}% fewer params, top-1 {c['top1'] - p['top1']:+.2f} points. "
-        "One seed: differences of about a point are within run-to-run noise at this budget.",
+        "One seed per model; run-to-run spread was not measured.",
         "",
         "Command (from the repository root; a second line with --reuse remeasured speed on the finished runs):",
         "",
