@@ -131,11 +131,16 @@ class CspNet(nn.Module):
 
     def fuse(self) -> CspNet:
         """Fold every BatchNorm into its conv for inference; returns self in eval mode."""
-        self.eval()
-        for m in self.modules():
-            if isinstance(m, ConvBNAct):
-                m.fuse()
-        return self
+        return fuse_modules(self)
+
+
+def fuse_modules(model: nn.Module) -> nn.Module:
+    """Switch to eval and fold the BN of every ConvBNAct into its conv."""
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, ConvBNAct):
+            m.fuse()
+    return model
 
 
 class FeatureNet(nn.Module):
@@ -175,8 +180,5 @@ class FeatureNet(nn.Module):
         return outs
 
     def fuse(self) -> FeatureNet:
-        self.eval()
-        for m in self.modules():
-            if isinstance(m, ConvBNAct):
-                m.fuse()
-        return self
+        """Fold every BatchNorm into its conv for inference; returns self in eval mode."""
+        return fuse_modules(self)
