@@ -42,6 +42,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--runs", default="runs/bench_cifar10", help="where the two training runs go")
     p.add_argument("--reuse", action="store_true", help="take finished runs from OUT.json; remeasure speed, rewrite")
     p.add_argument("--speed-runs", type=int, default=10, help="interleaved timed train steps per model")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for the speed step (default: torch's)")
     p.add_argument("--out", default=str(REPO / "docs" / "results" / "classify_cifar10"), help="writes OUT.md, OUT.png")
     return p.parse_args()
 
@@ -90,6 +91,9 @@ def train_speed(a: argparse.Namespace, models: list[str]) -> dict[str, float]:
     from cspnet.models import create_model
 
     device = torch.device("cuda" if a.device != "cpu" and torch.cuda.is_available() else "cpu")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    a.threads = torch.get_num_threads()
     x = torch.randn(a.batch, 3, a.img, a.img, device=device)
     y = torch.randint(0, 10, (a.batch,), device=device)
     steps = {}
@@ -125,11 +129,12 @@ def write(a: argparse.Namespace, results: list[dict], commands: list[str]) -> No
         f"Machine: {machine(a.device)}. Recipe: {a.epochs} epochs on {a.subset or 50000:,} training images "
         f"({images:,} seen), batch {a.batch}, SGD nesterov lr {a.lr} (warm-up {a.warmup_epochs} epoch, cosine), "
         f"weight decay {a.weight_decay}, random resized crop (scale 0.35-1) + flip, EMA weights evaluated, "
-        f"{a.img}x{a.img} input{', small-input stem' if a.small_input else ' (standard stem, stride 4)'}, seed {a.seed}.",
+        f"{a.img}x{a.img} input{', small-input stem' if a.small_input else ' (standard stem, stride 4)'}, seed {a.seed}, "
+        f"{a.workers} data-loader worker(s), torch's default threads.",
         "Top-1/top-5 on all 10,000 test images after the last epoch. MACs: torch.utils.flop_counter at "
         f"{a.img}x{a.img}, batch 1, 10 classes. Train img/s (step): forward+backward+SGD step on a synthetic batch "
-        f"of {a.batch}, median of {a.speed_runs} steps, the two models timed in turn (A B A B) so machine load hits "
-        "both alike. Train img/s (run): mean over epochs of the real training phase, data loading included; it "
+        f"of {a.batch}, median of {a.speed_runs} steps on {a.threads} torch thread(s), the two models timed in turn "
+        "(A B A B) so machine load hits both alike. Train img/s (run): mean over epochs of the real training phase, data loading included; it "
         "depends on what else the machine ran at the time. Peak memory: max RSS of the training process "
         "(os.wait4 ru_maxrss; data-loader workers are separate processes).",
         "",
