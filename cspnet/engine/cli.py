@@ -180,7 +180,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (exact resume)")
     p.add_argument("--workers", type=int, default=None, help=f"data loader processes (default {d.workers})")
     p.add_argument("--device", default=None, help="auto, cpu, cuda (default auto)")
-    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under torchrun")
+    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under torchrun (CUDA only)")
     p.add_argument("--subset", type=int, default=None, help="train on a random N training images")
     p.add_argument("--val-subset", type=int, default=None, help="validate on a random N images")
     p.add_argument("--scale", type=float, default=c.scale, help="smallest area of the random resized crop")
