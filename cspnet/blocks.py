@@ -124,8 +124,8 @@ class DarkBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv2(self.conv1(x))
-        y += x
-        return y
+        # out of place under autograd: y is the in-place activation's output, which its backward needs
+        return y + x if y.requires_grad else y.add_(x)
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.conv2.bn.weight)

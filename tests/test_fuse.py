@@ -173,3 +173,11 @@ def test_packed_weights_follow_input_shape():
     if fast.PACK and fast._MKLDNN:
         shapes = [k for k in fast.cache_of(unit) if isinstance(k, tuple)]
         assert len(shapes) == fast.MAX_SHAPES and shapes[-1] == ("w", (6, 3, IMG, IMG))
+
+
+@pytest.mark.parametrize("name", ["cspdarknet53", "cspresnet50"])
+def test_training_backward_runs(name):
+    """In-place residual adds must not overwrite what an in-place activation saved for backward."""
+    model = create_model(name, num_classes=10).train()
+    model(torch.randn(2, 3, IMG, IMG)).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
