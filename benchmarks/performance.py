@@ -130,6 +130,31 @@ def targets(results: dict) -> list[str]:
                         o["median_ms"] / p["median_ms"],
                         o["macs"] / p["macs"],
                     )
+    f = results.get("F")  # focused rerun: fused pairs and timm eager, more runs
+    if f:
+        for g in f["groups"]:
+            b = g["batch"]
+            for csp, _plain in PAIRS:
+                o, r = _row(g, f"{csp}@fuse"), _row(g, f"timm:{csp}")
+                if o and r:
+                    add(
+                        f"{csp} / timm {csp}",
+                        "F: ours fused vs timm eager NCHW",
+                        b,
+                        o["median_ms"] / r["median_ms"],
+                        1.0,
+                    )
+            for csp, plain in PAIRS:
+                for ours, setting in [("{}@fuse", "F: ours, fused"), ("timm:{}", "F: timm, eager NCHW (reference)")]:
+                    o, p_ = _row(g, ours.format(csp)), _row(g, ours.format(plain))
+                    if o and p_:
+                        add(
+                            f"{csp} / {plain} vs MACs",
+                            setting,
+                            b,
+                            o["median_ms"] / p_["median_ms"],
+                            o["macs"] / p_["macs"],
+                        )
     bres = results.get("B")
     if bres:
         g = bres["groups"][0]
@@ -146,7 +171,7 @@ def targets(results: dict) -> list[str]:
     return lines
 
 
-def render(results: dict, cmd: str) -> str:
+def render(results: dict, cmd: str, notes: str = "") -> str:
     m = next(iter(results.values()))["machine"]
     lines = [
         "# Performance on CPU",
@@ -170,6 +195,7 @@ def render(results: dict, cmd: str) -> str:
         "",
         *targets(results),
         "",
+        notes,
         "![latency against MACs](performance.png)",
         "",
     ]
@@ -179,6 +205,8 @@ def render(results: dict, cmd: str) -> str:
         "C": "C. Training step (forward, backward, SGD step)",
     }
     for k, res in results.items():
+        if k not in titles:  # F is rendered by main() with its own command
+            continue
         lines += [f"## {titles[k]}", "", f"{res['seconds'] / 60:.0f} min to measure.", "", group_markdown(res)]
     lines += [
         "Peak memory: the largest total size of tensors alive at once that were created during one step "
@@ -192,7 +220,14 @@ def render(results: dict, cmd: str) -> str:
 
 def precision_section(p: dict) -> str:
     """bf16 and int8 against fp32: accuracy on CIFAR-10 and speed, from benchmarks/precision.py."""
-    lines = ["## D. Reduced precision", ""]
+    lines = [
+        "## D. Reduced precision",
+        "",
+        "Produced by `OMP_WAIT_POLICY=PASSIVE python benchmarks/precision.py --weights CKPT`, CKPT the cspresnet10 "
+        "checkpoint of the CIFAR-10 classification benchmark (`benchmarks/classify_cifar10.py` defaults: 3 epochs on "
+        "10,000 training images at 32x32, a CPU-budget model, hence the low fp32 accuracy).",
+        "",
+    ]
     acc = p.get("accuracy")
     if acc:
         lines += [
@@ -228,15 +263,25 @@ def main() -> None:
     p.add_argument("--train-runs", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=str(OUT), help="writes OUT.json, OUT.md, OUT.png")
-    p.add_argument("--render", default=None, help="only rewrite the markdown from this JSON")
+    p.add_argument("--render", nargs="+", default=None, help="only rewrite the markdown from these JSONs (merged)")
+    p.add_argument("--profile", default=None, help="JSON from benchmarks/profile_convs.py to include")
+    p.add_argument("--notes", default=None, help="markdown file inserted after the targets table")
+    p.add_argument("--ablation", default=None, help="JSON from benchmarks/fast_ablation.py to include")
+    p.add_argument("--pairs", default=None, help="bench.json of a focused `cspnet bench` run to include")
+    p.add_argument("--pairs-cmd", default="", help="the command that produced --pairs")
     p.add_argument("--precision", default=None, help="JSON from benchmarks/precision.py to include")
     a = p.parse_args()
     out = Path(a.out)
     env = f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} " if "OMP_WAIT_POLICY" in os.environ else ""
     cmd = env + "python benchmarks/" + Path(__file__).name + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
     if a.render:
-        saved = json.loads(Path(a.render).read_text())
-        results, cmd = saved["results"], saved["command"]
+        results, cmds = {}, []
+        for path in a.render:
+            saved = json.loads(Path(path).read_text())
+            results.update(saved["results"])
+            cmds.append(saved["command"])
+        results = {k: results[k] for k in sorted(results)}
+        cmd = "` and `".join(cmds)
     else:
         results = {}
         for k in a.only:
@@ -246,7 +291,33 @@ def main() -> None:
             out.with_suffix(".json").write_text(json.dumps({"command": cmd, "results": results}, indent=2))
     if "A" in results:
         chart(results["A"], out.with_suffix(".png"))
-    text = render(results, cmd)
+    if a.pairs:
+        results["F"] = json.loads(Path(a.pairs).read_text())
+    text = render(results, cmd, Path(a.notes).read_text() if a.notes else "")
+    if a.profile:
+        from profile_convs import table
+
+        text += (
+            "## E. Profile: conv time by role\n\nProduced by `OMP_WAIT_POLICY=PASSIVE python benchmarks/profile_convs.py "
+            "cspresnet50 resnet50 cspresnext50 resnext50_32x4d cspdarknet53 darknet53 --batch 8 --runs 3`. "
+            "BN folded, fast path off so each conv is one hooked module call (hooks add a little time).\n\n"
+            + "\n".join(table(r) for r in json.loads(Path(a.profile).read_text()))
+        )
+    if a.pairs:
+        text += (
+            "## F. Focused rerun: fused CSP/plain pairs and timm eager\n\nProduced by `"
+            + a.pairs_cmd
+            + "`; fewer variants per group than table A, more runs.\n\n"
+            + group_markdown(json.loads(Path(a.pairs).read_text()))
+            + "\n"
+        )
+    if a.ablation:
+        from fast_ablation import table as ablation_table
+
+        text += (
+            "## G. Ablation of the fused path\n\nProduced by `OMP_WAIT_POLICY=PASSIVE python benchmarks/fast_ablation.py "
+            "--batch 1 8 --runs 8`.\n\n" + ablation_table(json.loads(Path(a.ablation).read_text())) + "\n"
+        )
     if a.precision:
         text += precision_section(json.loads(Path(a.precision).read_text()))
     out.with_suffix(".md").write_text(text)

@@ -56,12 +56,21 @@ def chart(result: dict, path: str | Path) -> Path:
     for ax, g in zip(axes[0], groups):
         rows = g["rows"]
         colors: dict[str, str] = {}
+        label_points = len(rows) <= 12  # more points: a legend by kind instead of one label each
         for label, r in rows.items():
-            kind = label.split("@")[0].split(":")[0] if r["source"] == "timm" else r["source"]
-            color = colors.setdefault(kind + "@" + "+".join(r["opts"]), f"C{len(colors)}")
+            kind = ("timm" if r["source"] == "timm" else "cspnet") + ("@" + "+".join(r["opts"]) if r["opts"] else "")
+            new = kind not in colors
+            color = colors.setdefault(kind, f"C{len(colors)}")
             marker = "s" if r["source"] == "timm" else "o"
-            ax.scatter(r["macs"] / 1e9, r["median_ms"], color=color, marker=marker, zorder=3)
-            ax.annotate(label, (r["macs"] / 1e9, r["median_ms"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.scatter(
+                r["macs"] / 1e9, r["median_ms"], color=color, marker=marker, zorder=3, label=kind if new else None
+            )
+            if label_points:
+                ax.annotate(
+                    label, (r["macs"] / 1e9, r["median_ms"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+                )
+        if not label_points:
+            ax.legend(fontsize=7, title="kind (lines join CSP/plain twins)", title_fontsize=7)
         by_key = {(r["name"], r["source"], tuple(r["opts"])): r for r in rows.values()}
         for r in rows.values():
             if "twin" not in r:
