@@ -154,7 +154,8 @@ def write(a: argparse.Namespace, results: list[dict], commands: list[str]) -> No
         f"{100 * (1 - c['params_m'] / p['params_m']):.0f}% fewer params, top-1 {c['top1'] - p['top1']:+.2f} points. "
         "One seed per model; run-to-run spread was not measured.",
         "",
-        "Command (from the repository root; a second line with --reuse remeasured speed on the finished runs):",
+        "Command (from the repository root"
+        + ("; the --reuse line remeasured speed on the finished runs):" if len(commands) > 1 else "):"),
         "",
         "```",
         *commands,
