@@ -179,7 +179,7 @@ def render(results: dict, cmd: str, notes: str = "") -> str:
         "Produced by `" + cmd + "` (commit it ran on: see git log).",
         "",
         f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['threads']} torch threads, "
-        f"ISA {'/'.join(m['isa'])} (no AVX-512, so no native bf16 or VNNI int8), "
+        f"ISA {'/'.join(m['isa'])}{'' if 'avx512f' in m['isa'] else ' (no AVX-512, so no native bf16 or VNNI int8)'}, "
         f"OMP_WAIT_POLICY={m.get('omp_wait_policy', 'default')}; torch {m['torch']}, "
         f"timm {m.get('timm', '-')}, onnxruntime {m.get('onnxruntime', '-')}. The 2 cores were shared with other "
         "jobs during the run: every table is one interleaved measurement (variants timed round-robin in one "
@@ -191,11 +191,11 @@ def render(results: dict, cmd: str, notes: str = "") -> str:
         "oneDNN call with pre-packed weights, and splits the CSP 1x1 conv instead of copying its halves), "
         "`@compile` torch.compile (inductor, freezing), `@ort` ONNX Runtime on the exported fused graph.",
         "",
+        notes,
         "## Targets",
         "",
         *targets(results),
         "",
-        notes,
         "![latency against MACs](performance.png)",
         "",
     ]
@@ -224,8 +224,8 @@ def precision_section(p: dict) -> str:
         "## D. Reduced precision",
         "",
         "Produced by `OMP_WAIT_POLICY=PASSIVE python benchmarks/precision.py --weights CKPT`, CKPT the cspresnet10 "
-        "checkpoint of the CIFAR-10 classification benchmark (`benchmarks/classify_cifar10.py` defaults: 3 epochs on "
-        "10,000 training images at 32x32, a CPU-budget model, hence the low fp32 accuracy).",
+        "best.pt (EMA weights) of the run in [classify_cifar10.md](classify_cifar10.md) (3 epochs on 10,000 images at "
+        "32x32: a CPU-budget model, hence the low accuracy; that page reports the last epoch, 41.18%).",
         "",
     ]
     acc = p.get("accuracy")
@@ -265,7 +265,7 @@ def main() -> None:
     p.add_argument("--out", default=str(OUT), help="writes OUT.json, OUT.md, OUT.png")
     p.add_argument("--render", nargs="+", default=None, help="only rewrite the markdown from these JSONs (merged)")
     p.add_argument("--profile", default=None, help="JSON from benchmarks/profile_convs.py to include")
-    p.add_argument("--notes", default=None, help="markdown file inserted after the targets table")
+    p.add_argument("--notes", default=None, help="markdown file inserted before the targets table")
     p.add_argument("--ablation", default=None, help="JSON from benchmarks/fast_ablation.py to include")
     p.add_argument("--pairs", default=None, help="bench.json of a focused `cspnet bench` run to include")
     p.add_argument("--pairs-cmd", default="", help="the command that produced --pairs")
@@ -307,7 +307,7 @@ def main() -> None:
         text += (
             "## F. Focused rerun: fused CSP/plain pairs and timm eager\n\nProduced by `"
             + a.pairs_cmd
-            + "`; fewer variants per group than table A, more runs.\n\n"
+            + "`; fewer variants per group than table A, more runs.\n\n![F: latency against MACs](performance_pairs.png)\n\n"
             + group_markdown(json.loads(Path(a.pairs).read_text()))
             + "\n"
         )
@@ -320,6 +320,12 @@ def main() -> None:
         )
     if a.precision:
         text += precision_section(json.loads(Path(a.precision).read_text()))
+    if a.render:
+        text += (
+            "\nThis page was assembled from the saved measurements by `python benchmarks/performance.py "
+            + shlex.join(sys.argv[1:])
+            + "`.\n"
+        )
     out.with_suffix(".md").write_text(text)
     print(out.with_suffix(".md").read_text())
 
