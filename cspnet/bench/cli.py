@@ -80,7 +80,12 @@ def _export_line(r: dict) -> str:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="benchmark models interleaved: latency, img/s, GFLOP/s vs matmul peak, memory")
+    p = sub.add_parser(
+        "bench",
+        help="benchmark models interleaved: latency, img/s, GFLOP/s vs matmul peak, memory",
+        epilog="On a machine shared with other jobs, run with OMP_WAIT_POLICY=PASSIVE: spin-waiting OpenMP threads "
+        "make eager PyTorch latencies swing by an order of magnitude when a core is taken.",
+    )
     p.add_argument(
         "models",
         nargs="+",
