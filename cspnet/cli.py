@@ -51,7 +51,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from cspnet.compare import compare, format_table
 
-    result = compare([args.a, args.b], img=args.img, batch=args.batch, runs=args.runs, threads=args.threads)
+    result = compare(
+        [args.a, args.b], img=args.img, batch=args.batch, runs=args.runs, threads=args.threads, fuse=args.fuse
+    )
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0
 
@@ -70,6 +72,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--runs", type=int, default=20, help="timed runs per model (after warm-up)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--fuse", action="store_true", help="time the deployment path: model.fuse() (BN folded)")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.set_defaults(func=_cmd_compare)
 

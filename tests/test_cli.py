@@ -51,3 +51,10 @@ def test_unknown_model_is_one_line_with_suggestion():
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("cspnet: error: unknown model 'cspresnet5'; did you mean cspresnet50")
+
+
+def test_compare_fused_keeps_the_counts(capsys):
+    assert main(["compare", "resnet10", "cspresnet10", "--img", "64", "--runs", "2", "--fuse", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["fused"] is True
+    assert result["models"]["cspresnet10"]["macs"] < result["models"]["resnet10"]["macs"] > 0
