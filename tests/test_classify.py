@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from test_data import make_folder
+from torch.utils.data.distributed import DistributedSampler
 
 from cspnet.cli import main
 
@@ -79,13 +80,25 @@ open(os.path.join(os.environ["RANK_OUT"], f"rank{trainer.rank}.json"), "w").writ
 
 def test_torchrun_two_processes_agree(tmp_path):
     data = make_folder(tmp_path / "data", n=16, size=32)
+    # rank 0's first batch (4 images: 8 in all over 2 ranks) is unreadable; rank 1's is fine: both must skip it
+    files = sorted((data / "train").rglob("*.jpg"), key=lambda f: (f.parent.name, f.name))
+    sampler = DistributedSampler(range(len(files)), num_replicas=2, rank=0, shuffle=True, seed=0)
+    for i in list(sampler)[:4]:
+        files[i].write_bytes(b"not a jpeg")
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
     cmd += ["classify", "train", "--model", "resnet10", "--data", str(data), "--img", "32", "--epochs", "2"]
     cmd += ["--batch", "8", "--workers", "0", "--device", "cpu", "--project", str(tmp_path), "--name", "ddp"]
-    res = subprocess.run(cmd, env={**ENV, "RANK_OUT": str(tmp_path)}, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+    proc = subprocess.Popen(
+        cmd, env={**ENV, "RANK_OUT": str(tmp_path)}, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:  # ranks out of step hang in an all-reduce: fail, and take the workers down with the launcher
+        _, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("torchrun hung: the ranks fell out of step")
+    assert proc.returncode == 0, stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["world"] == r1["world"] == 2
     shared_keys = [k for k in r0["metrics"] if k != "img_s"]

@@ -301,6 +301,14 @@ class Trainer:
                 dist.all_reduce(v)
         return sums
 
+    def all_empty(self, empty: bool, train: bool) -> bool:
+        """Skip a batch on every rank when one rank has nothing to train on, so DDP's all-reduces stay in step."""
+        if self.world == 1 or not train:
+            return empty
+        flag = torch.tensor([float(empty)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
     def evaluate(self, model: nn.Module, loader: DataLoader) -> dict:
         """Metrics of a model on a loader (for `val`): the same loop as training, without the updates."""
         if not hasattr(self, "device"):
@@ -316,7 +324,7 @@ class Trainer:
         bar = tqdm(loader, desc=desc, disable=not self.main, leave=False, mininterval=1.0, dynamic_ncols=True)
         for i, batch in enumerate(bar, start=self.start_batch if train else 0):
             sums["skipped"] = sums.get("skipped", 0) + torch.tensor(float(batch.get("skipped", 0)), dtype=torch.float64)
-            if len(batch["images"]) == 0:  # every image of the batch failed to load (already warned)
+            if self.all_empty(len(batch["images"]) == 0, train):  # every image failed to load (already warned)
                 continue
             images = batch["images"].to(self.device, non_blocking=True)
             if c.channels_last:
