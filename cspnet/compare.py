@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cspnet.measure import count_macs, count_params, summarize, time_interleaved
-from cspnet.models import create_model
+from cspnet.bench.harness import BenchConfig, parse_variant, run_group
 
 
 def compare(
@@ -16,33 +15,22 @@ def compare(
     warmup: int = 3,
     threads: int | None = None,
     fuse: bool = False,
-    **overrides,
 ) -> dict:
-    """Measure models in one process; latency interleaved; ratios are against the first model.
+    """Two (or more) models measured by the bench harness in one interleaved run; ratios against the first.
 
     fuse: time the deployment path (`model.fuse()`: BN folded, oneDNN fused convs) instead of the training graph.
     """
     if threads:
         torch.set_num_threads(threads)
-    models = {n: create_model(n, **overrides).eval() for n in names}
-    x = torch.randn(batch, 3, img, img)
-    rows = {}
-    for n, m in models.items():
-        rows[n] = {"params": count_params(m), "macs": count_macs(m, img, batch) // batch}
-        if fuse:
-            m.fuse()
-
-    def runner(m):
-        return lambda: m(x)
-
-    with torch.inference_mode():
-        times = time_interleaved({n: runner(m) for n, m in models.items()}, runs=runs, warmup=warmup)
-    base = names[0]
-    for n in names:
-        rows[n].update(summarize(times[n]))
-        rows[n]["ratio_vs_first"] = rows[n]["median_ms"] / rows[base]["median_ms"]
-        rows[n]["macs_ratio_vs_first"] = rows[n]["macs"] / rows[base]["macs"]
-        rows[n]["params_ratio_vs_first"] = rows[n]["params"] / rows[base]["params"]
+    variants = [parse_variant(f"{n}@fuse" if fuse else n) for n in names]
+    cfg = BenchConfig(variants, img_size=img, batches=(batch,), runs=runs, warmup=warmup, memory=False)
+    measured = run_group(cfg, batch, train=False)["rows"]
+    rows = {n: measured[v.label] for n, v in zip(names, variants)}
+    base = rows[names[0]]
+    for r in rows.values():
+        r["ratio_vs_first"] = r["median_ms"] / base["median_ms"]
+        r["macs_ratio_vs_first"] = r["macs"] / base["macs"]
+        r["params_ratio_vs_first"] = r["params"] / base["params"]
     return {
         "img": img,
         "batch": batch,
