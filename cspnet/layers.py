@@ -34,6 +34,11 @@ def make_act(name: str | None, leaky_slope: float = 0.01) -> nn.Module:
     return nn.Identity()
 
 
+def same_padding(kernel_size: int, stride: int = 1) -> int:
+    """timm/darknet symmetric padding for odd kernels."""
+    return ((stride - 1) + (kernel_size - 1)) // 2
+
+
 class ConvBNAct(nn.Module):
     """Conv2d (no bias) -> BatchNorm2d -> activation; `fuse()` folds the BN into the conv."""
 
@@ -48,9 +53,9 @@ class ConvBNAct(nn.Module):
         leaky_slope: float = 0.01,
     ) -> None:
         super().__init__()
-        # timm/darknet "same" padding for odd kernels
-        padding = ((stride - 1) + (kernel_size - 1)) // 2
-        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding, groups=groups, bias=False)
+        self.conv = nn.Conv2d(
+            in_chs, out_chs, kernel_size, stride, same_padding(kernel_size, stride), groups=groups, bias=False
+        )
         self.bn = nn.BatchNorm2d(out_chs)
         self.act = make_act(act, leaky_slope)
 
@@ -103,10 +108,11 @@ class BNActConv(nn.Module):
         leaky_slope: float = 0.01,
     ) -> None:
         super().__init__()
-        padding = ((stride - 1) + (kernel_size - 1)) // 2
         self.bn = nn.BatchNorm2d(in_chs)
         self.act = make_act(act, leaky_slope)
-        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding, groups=groups, bias=False)
+        self.conv = nn.Conv2d(
+            in_chs, out_chs, kernel_size, stride, same_padding(kernel_size, stride), groups=groups, bias=False
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(self.act(self.bn(x)))
