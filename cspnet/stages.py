@@ -123,7 +123,7 @@ class CrossStage(nn.Module):
             if cfg.plain_transition:  # rides at the end of blocks so forward stays one call
                 self.blocks.add_module("transition", _transition(cfg, out, cfg.out_chs, kw))
                 out = cfg.out_chs
-            self._check_out(out)
+            self.out_chs = out  # dense plain stages end on their own width
             return
 
         if stride != 1 and cfg.down == "avgpool":
@@ -172,10 +172,6 @@ class CrossStage(nn.Module):
             trans_chs = int(round(blocks_out * cfg.transition_ratio))  # residual blocks: blocks_out == block_chs
             self.conv_transition_b = _transition(cfg, blocks_out, trans_chs, kw)
             self.conv_transition = _transition(cfg, cross_chs + trans_chs, cfg.out_chs, kw)
-
-    def _check_out(self, out: int) -> None:
-        if out != self.out_chs:  # dense plain stages end on their own width
-            self.out_chs = out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if fast.cross_active(self):  # fused model in eval: no split/concat copies (cspnet/fast.py)

@@ -151,12 +151,6 @@ def build_model(v: Variant, num_classes: int = 1000) -> nn.Module:
     return create_model(v.name, num_classes=num_classes)
 
 
-def timm_name(name: str) -> str | None:
-    from cspnet.models import model_info
-
-    return model_info(name).timm_name
-
-
 def _compile(model: nn.Module) -> Callable:
     from torch._inductor import config as inductor_config
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -42,7 +42,6 @@ class ModelCfg:
     small_input: bool = False
     drop_rate: float = 0.0
     head_norm: bool = False  # BN-act on the last features before pooling (pre-activation nets: DenseNet's norm5)
-    extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "act", check_act(self.act))

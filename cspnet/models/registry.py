@@ -60,7 +60,7 @@ def model_info(name: str) -> ModelInfo:
         raise ConfigError(f"unknown model {name!r}; {hint}") from None
 
 
-_MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelCfg)} - {"stem", "stages", "extra"}
+_MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelCfg)} - {"stem", "stages"}
 _STAGE_FIELDS = {f.name for f in dataclasses.fields(StageCfg)} - {"depth", "out_chs", "stride"}
 
 
