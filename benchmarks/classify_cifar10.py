@@ -87,7 +87,7 @@ def train_speed(a: argparse.Namespace, models: list[str]) -> dict[str, float]:
     import torch
     import torch.nn.functional as F
 
-    from cspnet.measure import time_interleaved
+    from cspnet.bench.measure import time_interleaved
     from cspnet.models import create_model
 
     device = torch.device("cuda" if a.device != "cpu" and torch.cuda.is_available() else "cpu")
@@ -186,7 +186,7 @@ def write(a: argparse.Namespace, results: list[dict], commands: list[str]) -> No
 
 
 def main() -> None:
-    from cspnet.measure import count_macs, count_params
+    from cspnet.bench.measure import count_macs, count_params
     from cspnet.models import create_model
 
     a = parse()

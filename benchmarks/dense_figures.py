@@ -16,7 +16,7 @@ import torch
 import torchvision
 
 import cspnet
-from cspnet.measure import count_macs, count_params
+from cspnet.bench.measure import count_macs, count_params
 
 # CSPNet README (WongKinYiu/CrossStagePartialNetworks), ImageNet tables: params (M), BFLOPs, top-1
 PAPER = {

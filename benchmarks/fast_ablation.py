@@ -1,4 +1,4 @@
-"""Ablation of the fused eval path (cspnet/fast.py): each switch on top of the previous, interleaved in one process.
+"""Ablation of the fused eval path (cspnet/deploy/fast.py): each switch on top of the previous, interleaved in one process.
 
 Also the torch.profiler share of non-conv ops (cat, copies, adds, activations) in the final fused path.
 
@@ -15,10 +15,10 @@ from collections import Counter
 
 import torch
 
-import cspnet.fast as fast
-from cspnet.bench.harness import calibrate_bn
-from cspnet.measure import time_interleaved
+import cspnet.deploy.fast as fast
+from cspnet.bench.measure import time_interleaved
 from cspnet.models import create_model
+from cspnet.nn.bn import calibrate_bn
 
 STEPS = {  # label -> fast.py switches (unfused "eager" runs timm's exact op sequence)
     "eager (unfused)": None,

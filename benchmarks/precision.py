@@ -17,10 +17,11 @@ from pathlib import Path
 
 import torch
 
-from cspnet.bench.harness import calibrate_bn, machine_info
-from cspnet.export import export_onnx, load_runner, prepare, quantize_onnx_int8
-from cspnet.measure import time_interleaved
+from cspnet.bench.harness import machine_info
+from cspnet.bench.measure import time_interleaved
+from cspnet.deploy.export import export_onnx, load_runner, prepare, quantize_onnx_int8
 from cspnet.models import create_model
+from cspnet.nn.bn import calibrate_bn
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "cifar10.zip"

@@ -17,10 +17,10 @@ from collections import defaultdict
 
 import torch
 
-import cspnet.fast as fast
-from cspnet.bench.harness import calibrate_bn
-from cspnet.layers import ConvBNAct
+import cspnet.deploy.fast as fast
 from cspnet.models import create_model
+from cspnet.nn.bn import calibrate_bn
+from cspnet.nn.layers import ConvBNAct
 
 
 def role(name: str, m: ConvBNAct) -> str:

@@ -1,11 +1,10 @@
 """cspnet: Cross Stage Partial Networks in PyTorch, each CSP model beside its plain twin."""
 
-from cspnet.darknet.native import from_darknet
 from cspnet.errors import ConfigError, CspnetError, InputError
-from cspnet.layers import ConvBNAct
+from cspnet.interop.darknet.native import from_darknet
+from cspnet.interop.timm import from_timm
 from cspnet.models import CspNet, ModelCfg, StemCfg, build_cfg, create_model, list_models, model_info
-from cspnet.stages import CrossStage, StageCfg
-from cspnet.timm_interop import from_timm
+from cspnet.nn import ConvBNAct, CrossStage, StageCfg
 
 __version__ = "0.1.0"
 

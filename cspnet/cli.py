@@ -10,11 +10,17 @@ import sys
 from cspnet.errors import CspnetError
 
 # modules that contribute sub-commands; each defines add_parser(subparsers)
-COMMAND_MODULES = ("cspnet.cli", "cspnet.bench.cli", "cspnet.darknet.cli", "cspnet.engine.cli")
+COMMAND_MODULES = (
+    "cspnet.cli",
+    "cspnet.bench.cli",
+    "cspnet.deploy.cli",
+    "cspnet.interop.darknet.cli",
+    "cspnet.engine.cli",
+)
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from cspnet.measure import count_macs, count_params
+    from cspnet.bench.measure import count_macs, count_params
     from cspnet.models import create_model, list_models, model_info
 
     rows = []
@@ -49,7 +55,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from cspnet.compare import compare, format_table
+    from cspnet.bench.compare import compare, format_table
 
     result = compare(
         [args.a, args.b], img=args.img, batch=args.batch, runs=args.runs, threads=args.threads, fuse=args.fuse

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from cspnet.bench.harness import BenchConfig, Variant, expand_variants, parse_variant, run_bench
+from cspnet.bench.measure import count_macs, count_params
 from cspnet.bench.report import markdown, write_all
 from cspnet.cli import main
 from cspnet.errors import ConfigError
-from cspnet.measure import count_macs, count_params
 from cspnet.models import create_model
 
 
@@ -97,7 +97,7 @@ def test_bench_cli(tmp_path, capsys):
 
 
 def test_time_interleaved_rotates_order():
-    from cspnet.measure import time_interleaved
+    from cspnet.bench.measure import time_interleaved
 
     order: list[str] = []
     fns = {k: (lambda k=k: order.append(k)) for k in "abc"}

@@ -7,10 +7,10 @@ import struct
 import pytest
 import torch
 
-from cspnet.darknet.cfg import parse_cfg, parse_cfg_text
-from cspnet.darknet.model import DarknetModel
-from cspnet.darknet.weights import DarknetHeader, read_weights, write_weights
 from cspnet.errors import ConfigError, InputError
+from cspnet.interop.darknet.cfg import parse_cfg, parse_cfg_text
+from cspnet.interop.darknet.model import DarknetModel
+from cspnet.interop.darknet.weights import DarknetHeader, read_weights, write_weights
 
 
 def build(text: str) -> DarknetModel:

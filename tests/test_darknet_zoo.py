@@ -7,11 +7,11 @@ import torch
 from safetensors.torch import load_file
 
 from cspnet import from_darknet
+from cspnet.bench.measure import count_macs, count_params
 from cspnet.cli import main
-from cspnet.darknet.model import Conv, DarknetModel, Yolo
-from cspnet.darknet.native import NATIVE
-from cspnet.darknet.weights import write_weights
-from cspnet.measure import count_macs, count_params
+from cspnet.interop.darknet.model import Conv, DarknetModel, Yolo
+from cspnet.interop.darknet.native import NATIVE
+from cspnet.interop.darknet.weights import write_weights
 from cspnet.models import CspNet, create_model
 
 # shared/darknet/SOURCES.md: params (M, as PyTorch counts them) and darknet's "Total BFLOPS" at the cfg's size

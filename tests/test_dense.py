@@ -8,10 +8,10 @@ import torchvision
 from torch import nn
 
 import cspnet
+from cspnet.bench.measure import count_macs, count_params
 from cspnet.errors import ConfigError
-from cspnet.layers import BNActConv, ConvBNAct
-from cspnet.measure import count_macs, count_params
-from cspnet.stages import CrossStage, StageCfg
+from cspnet.nn.layers import BNActConv, ConvBNAct
+from cspnet.nn.stages import CrossStage, StageCfg
 
 DENSE = ["densenet201", "cspdensenet201", "peleenet", "csppeleenet"]
 

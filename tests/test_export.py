@@ -7,8 +7,8 @@ import torch
 from test_fuse import randomized, smallest_per_family
 
 from cspnet.cli import main
+from cspnet.deploy.export import export, load_runner, quantize_onnx_int8
 from cspnet.errors import ConfigError, InputError
-from cspnet.export import export, load_runner, quantize_onnx_int8
 
 pytest.importorskip("onnxruntime")
 IMG = 32

@@ -1,4 +1,4 @@
-"""fuse() and the eval fast path (cspnet/fast.py) give the same outputs as conv -> BN -> act, on every zoo model."""
+"""fuse() and the eval fast path (cspnet/deploy/fast.py) give the same outputs as conv -> BN -> act, on every zoo model."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-import cspnet.fast as fast
-from cspnet.bench.harness import calibrate_bn
-from cspnet.layers import ConvBNAct
-from cspnet.measure import count_macs
+import cspnet.deploy.fast as fast
+from cspnet.bench.measure import count_macs
 from cspnet.models import create_model, list_models
+from cspnet.nn.bn import calibrate_bn
+from cspnet.nn.layers import ConvBNAct
 
 IMG = 32
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import cspnet
-from cspnet.measure import count_macs, count_params
+from cspnet.bench.measure import count_macs, count_params
 
 timm = pytest.importorskip("timm", reason="timm is the reference; install cspnet[timm]")
 

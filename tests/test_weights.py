@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import cspnet
-from cspnet.weights import read_state_dict, save_state_dict
+from cspnet.models.weights import read_state_dict, save_state_dict
 
 
 @pytest.fixture

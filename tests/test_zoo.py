@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import cspnet
-from cspnet.measure import count_macs, count_params
+from cspnet.bench.measure import count_macs, count_params
 
 MODELS = cspnet.list_models()
 PAIRS = sorted({tuple(sorted((n, cspnet.model_info(n).twin))) for n in MODELS if cspnet.model_info(n).twin})

@@ -1,10 +1,9 @@
-"""`cspnet bench` and `cspnet export` sub-commands."""
+"""`cspnet bench` sub-command."""
 
 from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -30,53 +29,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(f"wrote {', '.join(str(p) for p in paths.values())}")
     print(json.dumps(result, indent=2) if args.json else markdown(result))
     return 0
-
-
-def _load_for_export(args: argparse.Namespace):
-    from cspnet.errors import ConfigError
-    from cspnet.models import create_model
-    from cspnet.weights import load_into, read_state_dict
-
-    name = args.model
-    if args.weights:
-        if name is None:
-            raise ConfigError("--weights needs --model NAME to know the architecture (see `cspnet models`)")
-        sd = read_state_dict(args.weights)
-        fc = sd.get("head.fc.weight")
-        model = create_model(name, num_classes=fc.shape[0] if fc is not None else 1000, **dict(args.override or []))
-        load_into(model, sd, args.weights)
-        return model, name
-    if name is None:
-        raise ConfigError("pass --model NAME or --weights FILE --model NAME")
-    return create_model(name, **dict(args.override or [])), name
-
-
-def _override(s: str) -> tuple[str, object]:
-    import yaml
-
-    key, sep, value = s.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {s!r}")
-    return key, yaml.safe_load(value)
-
-
-def _cmd_export(args: argparse.Namespace) -> int:
-    from cspnet.export import SUFFIX, export
-
-    model, name = _load_for_export(args)
-    out = Path(args.out) if args.out else Path(f"{name}{SUFFIX[args.format]}")
-    report = export(model, out, args.format, img_size=args.img, atol=args.atol, runs=args.runs)
-    print(json.dumps(report, indent=2) if args.json else _export_line(report))
-    return 0
-
-
-def _export_line(r: dict) -> str:
-    line = f"wrote {r['path']} ({r['size_mb']:.1f} MB, {r['format']}, dynamic batch); "
-    line += f"max |diff| vs PyTorch {r['max_abs_diff']:.1e} at batch {r['check_batch']} (tolerance {r['atol']:g})"
-    if "latency_ms_batch1" in r:
-        lat = ", ".join(f"{k} {v:.1f} ms" for k, v in r["latency_ms_batch1"].items())
-        line += f"; batch 1 latency: {lat}"
-    return line
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -107,15 +59,3 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="folder for bench.json, bench.md, bench.png")
     p.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     p.set_defaults(func=_cmd_bench)
-
-    p = sub.add_parser("export", help="export a model to ONNX or TorchScript (dynamic batch), validated")
-    p.add_argument("--model", default=None, help="registered model name, e.g. cspresnet50")
-    p.add_argument("--weights", default=None, help="weights file (.safetensors or checkpoint); needs --model")
-    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
-    p.add_argument("--out", default=None, help="output file (default: NAME.onnx / NAME.pt)")
-    p.add_argument("--img", type=int, default=224, help="image size used to trace and validate")
-    p.add_argument("--override", type=_override, action="append", help="architecture override KEY=VALUE")
-    p.add_argument("--atol", type=float, default=1e-4, help="max |output diff| vs PyTorch")
-    p.add_argument("--runs", type=int, default=10, help="timed runs for the speed report (0: skip)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_export)

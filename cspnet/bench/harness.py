@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cspnet.bench.measure import count_macs, count_params, summarize, time_interleaved
 from cspnet.errors import ConfigError
-from cspnet.measure import count_macs, count_params, summarize, time_interleaved
+from cspnet.nn.bn import calibrate_bn
 
 OPTIONS = ("fuse", "cl", "compile", "ort")  # fold BN, channels_last, torch.compile, onnxruntime
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -110,27 +111,6 @@ def machine_info(threads: int) -> dict:
     return info
 
 
-@torch.no_grad()
-def calibrate_bn(model: nn.Module, x: torch.Tensor) -> None:
-    """Set BN running stats from one train-mode pass, so random-weight activations have a trained net's scale.
-
-    Uncalibrated random nets in eval mode drift in scale layer by layer; timing them can measure
-    underflow (denormal) arithmetic instead of the model.
-    """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    saved = [(m.momentum, m.training) for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average: one pass gives exactly this batch's statistics
-        m.train()
-    model(x)
-    for m, (mom, tr) in zip(bns, saved):
-        m.momentum = mom
-        m.train(tr)
-
-
 def build_model(v: Variant, num_classes: int = 1000) -> nn.Module:
     """The nn.Module behind a variant, freshly initialised (random weights)."""
     if v.source == "timm":
@@ -195,7 +175,7 @@ class Runner:
         if "ort" in v.opts:
             if dtype != torch.float32 or cl or "compile" in v.opts:
                 raise ConfigError(f"{v.label}: @ort runs the fp32 ONNX graph; drop @cl/@compile and --dtype")
-            from cspnet.export import export_onnx, ort_session
+            from cspnet.deploy.export import export_onnx, ort_session
 
             self._tmp = tempfile.TemporaryDirectory()
             path = export_onnx(self.model, Path(self._tmp.name) / "model.onnx", self.x)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
@@ -10,30 +9,17 @@ import numpy as np
 import torch
 
 from cspnet.errors import InputError
+from cspnet.io import atomic_write, torch_load
 
 
 def save_checkpoint(obj: dict, path: str | Path) -> Path:
-    """torch.save to a temp file beside `path`, fsync, then rename: a kill at any moment leaves the old file whole."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    """torch.save atomically: a kill at any moment leaves the old file whole."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: str | Path) -> dict:
     """Read a checkpoint written by save_checkpoint (weights_only=True: tensors and primitives only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"checkpoint {path} not found; pass the path of a last.pt or best.pt")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors differ by torch version; one line for the user
-        raise InputError(f"cannot read {path} as a checkpoint ({type(e).__name__}: {e})") from None
+    ckpt = torch_load(path, "checkpoint")
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise InputError(f"{path} is not a cspnet training checkpoint (no 'model' entry)")
     return ckpt

@@ -73,7 +73,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def load_classifier(weights: str) -> tuple[torch.nn.Module, dict]:
     """A trained classifier (EMA weights when present) and its meta (model, classes, img) from a checkpoint."""
     from cspnet.engine.checkpoint import load_checkpoint
-    from cspnet.weights import load_into
+    from cspnet.models.weights import load_into
 
     ckpt = load_checkpoint(weights)
     meta = ckpt.get("meta")

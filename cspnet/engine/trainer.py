@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from cspnet.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cspnet.errors import ConfigError, CspnetError, InputError
+from cspnet.io import atomic_write
 
 Stats = dict[str, torch.Tensor]  # per-batch sums (loss * n, n, correct, ...), summed over batches and ranks
 
@@ -471,10 +472,10 @@ class Trainer:
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
+    def write(f) -> None:
         if rows:
             w = csv.DictWriter(f, fieldnames=list(rows[-1]))
             w.writeheader()
             w.writerows(rows)
-    os.replace(tmp, path)
+
+    atomic_write(path, write, mode="w")

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cspnet.blocks import PeleeStem
 from cspnet.errors import ConfigError, InputError
-from cspnet.layers import ConvBNAct, check_act, make_act
-from cspnet.stages import CrossStage, StageCfg
+from cspnet.nn.layers import ConvBNAct, check_act, make_act
+from cspnet.nn.stages import CrossStage, StageCfg
+from cspnet.nn.stems import PeleeStem
 
 STEMS = ("conv", "pelee")
 

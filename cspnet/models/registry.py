@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from cspnet.errors import ConfigError
 from cspnet.models.net import CspNet, FeatureNet, ModelCfg
-from cspnet.stages import StageCfg
+from cspnet.nn.stages import StageCfg
 
 
 @dataclass(frozen=True)
@@ -103,9 +103,9 @@ def create_model(
     model = CspNet(cfg, num_classes=num_classes, in_chans=in_chans)
     model.name = name
     if pretrained:
-        from cspnet.weights import load_pretrained
+        from cspnet.models.weights import load_pretrained
 
-        load_pretrained(model, name, pretrained)
+        load_pretrained(model, pretrained, model_info(name).timm_name)
     if features_only:
         return FeatureNet(model, out_indices)
     return model

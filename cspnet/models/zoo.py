@@ -5,7 +5,7 @@ from __future__ import annotations
 from cspnet.errors import ConfigError
 from cspnet.models.net import ModelCfg, StemCfg
 from cspnet.models.registry import register_model
-from cspnet.stages import StageCfg
+from cspnet.nn.stages import StageCfg
 
 RESNET_STEM = StemCfg(out_chs=64, kernel_size=7, stride=2, pool=True)
 DARKNET_STEM = StemCfg(out_chs=32, kernel_size=3, stride=1, pool=False)

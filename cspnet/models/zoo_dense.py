@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from cspnet.models.net import ModelCfg, StemCfg
 from cspnet.models.registry import register_model
-from cspnet.stages import StageCfg
+from cspnet.nn.stages import StageCfg
 
 DENSENET_STEM = StemCfg(out_chs=64, kernel_size=7, stride=2, pool=True)
 PELEE_STEM = StemCfg(out_chs=32, kind="pelee")

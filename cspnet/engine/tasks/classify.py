@@ -118,7 +118,7 @@ class ClassifyTask:
     def build_model(self) -> nn.Module:
         model = model_from_meta(self.meta())
         if self.cfg.weights:
-            from cspnet.weights import load_into, read_state_dict
+            from cspnet.models.weights import load_into, read_state_dict
 
             load_into(model, read_state_dict(self.cfg.weights), self.cfg.weights)
         return model

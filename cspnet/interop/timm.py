@@ -2,37 +2,12 @@
 
 from __future__ import annotations
 
-import re
-
-import torch
 from torch import nn
 
 from cspnet.errors import ConfigError
 from cspnet.models.net import CspNet
 from cspnet.models.registry import _REGISTRY, create_model
-
-# timm resnet.py names -> ours; timm cspnet.py already uses our names
-_RESNET_RULES = [
-    (r"^conv1\.weight$", "stem.conv1.conv.weight"),
-    (r"^bn1\.(.+)$", r"stem.conv1.bn.\1"),
-    (
-        r"^layer(\d)\.(\d+)\.conv(\d)\.weight$",
-        lambda m: f"stages.{int(m[1]) - 1}.blocks.{m[2]}.conv{m[3]}.conv.weight",
-    ),
-    (
-        r"^layer(\d)\.(\d+)\.bn(\d)\.(.+)$",
-        lambda m: f"stages.{int(m[1]) - 1}.blocks.{m[2]}.conv{m[3]}.bn.{m[4]}",
-    ),
-    (
-        r"^layer(\d)\.(\d+)\.downsample\.0\.(.+)$",
-        lambda m: f"stages.{int(m[1]) - 1}.blocks.{m[2]}.downsample.conv.{m[3]}",
-    ),
-    (
-        r"^layer(\d)\.(\d+)\.downsample\.1\.(.+)$",
-        lambda m: f"stages.{int(m[1]) - 1}.blocks.{m[2]}.downsample.bn.{m[3]}",
-    ),
-    (r"^fc\.(.+)$", r"head.fc.\1"),
-]
+from cspnet.models.weights import convert_timm_state_dict
 
 
 def timm_architecture(timm_model: nn.Module) -> str:
@@ -50,19 +25,6 @@ def cspnet_name_for_timm(arch: str) -> str:
             return name
     known = sorted(i.timm_name for i in _REGISTRY.values() if i.timm_name)
     raise ConfigError(f"timm model {arch!r} has no cspnet equivalent; supported: {', '.join(known)}")
-
-
-def convert_timm_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename timm keys to cspnet keys (identity for timm's cspnet.py models)."""
-    out = {}
-    for key, value in state_dict.items():
-        new = key
-        for pattern, repl in _RESNET_RULES:
-            if re.match(pattern, key):
-                new = re.sub(pattern, repl, key)
-                break
-        out[new] = value
-    return out
 
 
 def from_timm(timm_model: nn.Module) -> CspNet:

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cspnet.darknet.cfg import Section, parse_cfg
 from cspnet.errors import ConfigError, InputError
+from cspnet.interop.darknet.cfg import Section, parse_cfg
 
 Shape = tuple[int, int, int]  # (channels, height, width) of one layer's output
 

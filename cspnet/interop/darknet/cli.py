@@ -7,8 +7,8 @@ import argparse
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from cspnet.darknet.cfg import parse_cfg
-from cspnet.darknet.model import DarknetModel
+from cspnet.interop.darknet.cfg import parse_cfg
+from cspnet.interop.darknet.model import DarknetModel
 
 
 @torch.no_grad()
@@ -55,11 +55,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from cspnet.darknet.native import from_darknet
-    from cspnet.weights import save_state_dict
+    from cspnet.interop.darknet.native import from_darknet
+    from cspnet.models.weights import save_state_dict
 
     model = from_darknet(args.cfg, args.weights, native=not args.generic)
-    what = f"native {model.name}" if getattr(model, "name", None) else "cfg model (cspnet.darknet.DarknetModel)"
+    what = f"native {model.name}" if getattr(model, "name", None) else "cfg model (cspnet.interop.darknet.DarknetModel)"
     out = save_state_dict(model.state_dict(), args.out)
     print(f"wrote {out}: {what}, {len(model.state_dict())} tensors")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -9,6 +10,43 @@ import torch
 from torch import nn
 
 from cspnet.errors import ConfigError, InputError
+from cspnet.io import atomic_write, torch_load
+
+# timm resnet.py names -> ours; timm cspnet.py already uses our names
+_RESNET_RULES = [
+    (r"^conv1\.weight$", "stem.conv1.conv.weight"),
+    (r"^bn1\.(.+)$", r"stem.conv1.bn.\1"),
+    (
+        r"^layer(\d)\.(\d+)\.conv(\d)\.weight$",
+        lambda m: f"stages.{int(m[1]) - 1}.blocks.{m[2]}.conv{m[3]}.conv.weight",
+    ),
+    (
+        r"^layer(\d)\.(\d+)\.bn(\d)\.(.+)$",
+        lambda m: f"stages.{int(m[1]) - 1}.blocks.{m[2]}.conv{m[3]}.bn.{m[4]}",
+    ),
+    (
+        r"^layer(\d)\.(\d+)\.downsample\.0\.(.+)$",
+        lambda m: f"stages.{int(m[1]) - 1}.blocks.{m[2]}.downsample.conv.{m[3]}",
+    ),
+    (
+        r"^layer(\d)\.(\d+)\.downsample\.1\.(.+)$",
+        lambda m: f"stages.{int(m[1]) - 1}.blocks.{m[2]}.downsample.bn.{m[3]}",
+    ),
+    (r"^fc\.(.+)$", r"head.fc.\1"),
+]
+
+
+def convert_timm_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename timm keys to cspnet keys (identity for timm's cspnet.py models)."""
+    out = {}
+    for key, value in state_dict.items():
+        new = key
+        for pattern, repl in _RESNET_RULES:
+            if re.match(pattern, key):
+                new = re.sub(pattern, repl, key)
+                break
+        out[new] = value
+    return out
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -20,10 +58,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors differ by torch version; one line for the user
-        raise InputError(f"cannot read {str(path)!r} as a torch checkpoint ({type(e).__name__}: {e})") from None
+    obj = torch_load(path, "torch checkpoint")
     for key in ("model_ema", "model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -35,18 +70,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def save_state_dict(state_dict: dict[str, torch.Tensor], path: str | Path) -> Path:
     """Write weights as .safetensors (or a torch file for other suffixes), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+    if Path(path).suffix == ".safetensors":
+        from safetensors.torch import save
 
-        save_file(tensors, str(tmp))
-    else:
-        torch.save(tensors, tmp)
-    tmp.replace(path)
-    return path
+        return atomic_write(path, lambda f: f.write(save(tensors)))
+    return atomic_write(path, lambda f: torch.save(tensors, f))
 
 
 def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
@@ -72,26 +101,24 @@ def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str
     model.load_state_dict(state_dict, strict=False)
 
 
-def load_pretrained(model: nn.Module, name: str, pretrained: str) -> None:
-    """pretrained='timm' converts timm's ImageNet weights; anything else is a local file path."""
+def load_pretrained(model: nn.Module, pretrained: str, timm_name: str | None = None) -> None:
+    """pretrained='timm' converts timm's ImageNet weights for `timm_name`; anything else is a local file path."""
     if pretrained == "timm":
-        from cspnet.models.registry import model_info
-        from cspnet.timm_interop import convert_timm_state_dict
-
-        info = model_info(name)
-        if not info.timm_name:
-            raise ConfigError(f"timm has no weights for {name}; pass pretrained=PATH to a local file")
+        if not timm_name:
+            raise ConfigError(
+                f"timm has no weights for {getattr(model, 'name', 'this model')}; pass pretrained=PATH to a local file"
+            )
         try:
             import timm
 
-            ref = timm.create_model(info.timm_name, pretrained=True)
+            ref = timm.create_model(timm_name, pretrained=True)
         except ImportError:
             raise ConfigError("pretrained='timm' needs timm: pip install 'cspnet[timm]'") from None
         except Exception as e:
             raise InputError(
-                f"could not fetch timm weights for {info.timm_name} ({type(e).__name__}); offline? download them "
+                f"could not fetch timm weights for {timm_name} ({type(e).__name__}); offline? download them "
                 "once with network and pass pretrained=PATH to the saved file"
             ) from None
-        load_into(model, convert_timm_state_dict(ref.state_dict()), f"timm {info.timm_name}")
+        load_into(model, convert_timm_state_dict(ref.state_dict()), f"timm {timm_name}")
         return
     load_into(model, read_state_dict(pretrained), str(pretrained))

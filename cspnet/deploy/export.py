@@ -94,7 +94,7 @@ def export(
 
     Raises InputError when the outputs differ by more than `atol` x max(1, max |PyTorch output|).
     """
-    from cspnet.measure import summarize, time_interleaved
+    from cspnet.bench.measure import summarize, time_interleaved
 
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")

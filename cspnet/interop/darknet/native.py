@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cspnet.darknet.cfg import parse_cfg
-from cspnet.darknet.model import AvgPool, Conv, DarknetModel, Route, Softmax
-from cspnet.darknet.weights import read_weights
 from cspnet.errors import ConfigError
-from cspnet.layers import ConvBNAct
+from cspnet.interop.darknet.cfg import parse_cfg
+from cspnet.interop.darknet.model import AvgPool, Conv, DarknetModel, Route, Softmax
+from cspnet.interop.darknet.weights import read_weights
 from cspnet.models import CspNet, create_model
+from cspnet.nn.layers import ConvBNAct
 
 # cfg file stem -> native model name
 NATIVE = {

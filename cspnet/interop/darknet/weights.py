@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from cspnet.darknet.model import Connected, DarknetModel
 from cspnet.errors import InputError
+from cspnet.interop.darknet.model import Connected, DarknetModel
+from cspnet.io import atomic_write
 
 
 @dataclass(frozen=True)
@@ -106,12 +107,10 @@ def write_weights(model: DarknetModel, path: str | Path, header: DarknetHeader |
     header = header or DarknetHeader()
     if header.transposed:
         raise InputError("writing transposed (major or minor > 1000) .weights files is not supported; use 0.2.0")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+
+    def write(f) -> None:
         f.write(header.pack())
         for t in model.weight_tensors():
             f.write(t.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4").tobytes())
-    tmp.replace(path)
-    return path
+
+    return atomic_write(path, write)

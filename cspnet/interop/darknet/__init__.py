@@ -1,9 +1,9 @@
 """Darknet interop: `.cfg` -> PyTorch, `.weights` read/write, and mapping onto the native zoo."""
 
-from cspnet.darknet.cfg import Section, parse_cfg, parse_cfg_text
-from cspnet.darknet.model import DarknetModel
-from cspnet.darknet.native import from_darknet
-from cspnet.darknet.weights import DarknetHeader, read_weights, write_weights
+from cspnet.interop.darknet.cfg import Section, parse_cfg, parse_cfg_text
+from cspnet.interop.darknet.model import DarknetModel
+from cspnet.interop.darknet.native import from_darknet
+from cspnet.interop.darknet.weights import DarknetHeader, read_weights, write_weights
 
 __all__ = [
     "DarknetHeader",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cspnet import fast
+from cspnet.deploy import fast
 from cspnet.errors import ConfigError
+from cspnet.nn.bn import fuse_conv_bn
 
 ACTIVATIONS = ("relu", "leaky", "mish", "silu", "linear")
 _ALIASES = {"leaky_relu": "leaky", "swish": "silu", "identity": "linear", "none": "linear"}
@@ -60,7 +61,7 @@ class ConvBNAct(nn.Module):
         self.act = make_act(act, leaky_slope)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fast.active(self):  # fused model, eval, no autograd: one oneDNN conv+bias+act call (cspnet/fast.py)
+        if fast.active(self):  # fused model, eval, no autograd: one oneDNN conv+bias+act call (cspnet/deploy/fast.py)
             return fast.conv_bn_act(self.conv, self.bn, self.act, x, fast.cache_of(self))
         return self.act(self.bn(self.conv(x)))
 
@@ -71,27 +72,6 @@ class ConvBNAct(nn.Module):
             return
         self.conv = fuse_conv_bn(self.conv, self.bn)
         self.bn = nn.Identity()
-
-
-@torch.no_grad()
-def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """Return a new conv equal to bn(conv(x)) in eval mode."""
-    fused = nn.Conv2d(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
-        conv.groups,
-        bias=True,
-        padding_mode=conv.padding_mode,
-    ).to(conv.weight.device, conv.weight.dtype)
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
-    return fused
 
 
 class BNActConv(nn.Module):

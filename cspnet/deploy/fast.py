@@ -5,7 +5,7 @@ outside tracing, scripting, torch.compile and dispatch modes (FlopCounterMode), 
 export, compile and MAC counting see the plain conv -> BN -> act graph. Unfused models keep exactly the
 arithmetic of timm's implementation unless FOLD_UNFUSED is set (folding changes float rounding, ~1e-6 relative).
 The cache is keyed on the tensors' versions: load_state_dict, optimizer steps and .to() invalidate it.
-Set `cspnet.fast.ENABLED = False` to measure or debug the plain path.
+Set `cspnet.deploy.fast.ENABLED = False` to measure or debug the plain path.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from cspnet.nn.bn import fold_bn
 
 ENABLED = True
 FOLD_UNFUSED = False  # also fold BN on the fly in unfused eval models (not bit-equal to timm any more)
@@ -84,11 +86,8 @@ def folded(conv: nn.Conv2d, bn: nn.Module, cache: dict) -> tuple[torch.Tensor, t
     if cache.get("key") != key:
         cache.clear()
         if is_bn:
-            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-            bias = bn.bias - bn.running_mean * scale
-            if conv.bias is not None:
-                bias = bias + conv.bias * scale
-            cache.update(key=key, weight=conv.weight * scale.reshape(-1, 1, 1, 1), bias=bias)
+            weight, bias = fold_bn(conv, bn)
+            cache.update(key=key, weight=weight, bias=bias)
         else:  # already folded by fuse()
             cache.update(key=key, weight=conv.weight, bias=conv.bias)
     return cache["weight"], cache["bias"]
@@ -133,7 +132,7 @@ def conv_bn_act(
 
 
 def _fusable(unit: nn.Module) -> bool:
-    from cspnet.layers import ConvBNAct
+    from cspnet.nn.layers import ConvBNAct
 
     return type(unit) is ConvBNAct and active(unit)
 

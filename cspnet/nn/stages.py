@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cspnet import fast
-from cspnet.blocks import get_block
+from cspnet.deploy import fast
 from cspnet.errors import ConfigError
-from cspnet.layers import BNActConv, ConvBNAct
+from cspnet.nn.blocks import get_block
+from cspnet.nn.layers import BNActConv, ConvBNAct
 
 FUSIONS = ("both", "first", "last")
 DOWNS = ("conv", "block", "avgpool")
@@ -174,7 +174,7 @@ class CrossStage(nn.Module):
             self.conv_transition = _transition(cfg, cross_chs + trans_chs, cfg.out_chs, kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fast.cross_active(self):  # fused model in eval: no split/concat copies (cspnet/fast.py)
+        if fast.cross_active(self):  # fused model in eval: no split/concat copies (cspnet/deploy/fast.py)
             return fast.cross_stage(self, x)
         x = self.conv_down(x)
         if self.split is None:

@@ -1,0 +1,1 @@
+"""Deployment: fused inference modules and export (ONNX, TorchScript)."""

@@ -1,0 +1,1 @@
+"""Interop with other implementations: timm (`interop.timm`) and darknet (`interop.darknet`)."""

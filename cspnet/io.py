@@ -1,0 +1,41 @@
+"""File I/O with guarantees: atomic writes (a kill leaves the old file whole) and weights_only torch loads."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from cspnet.errors import InputError
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any], mode: str = "wb") -> Path:
+    """Call `write(f)` on a temp file beside `path`, fsync, then rename it over `path`."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; pass a file path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, mode, **({"newline": ""} if "b" not in mode else {})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def torch_load(path: str | Path, what: str = "torch file") -> Any:
+    """torch.load with weights_only=True (tensors and primitives only: no code runs), one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} {str(path)!r} not found; pass an existing file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors differ by torch version; one line for the user
+        raise InputError(f"cannot read {str(path)!r} as a {what} ({type(e).__name__}: {e})") from None
