@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
+import traceback
+from typing import NoReturn
 
+from cspnet.cli_args import check_outputs, image_size, nonneg_int, positive_int
 from cspnet.errors import CspnetError
 
 # modules that contribute sub-commands; each defines add_parser(subparsers)
@@ -58,7 +62,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from cspnet.bench.compare import compare, format_table
 
     result = compare(
-        [args.a, args.b], img=args.img, batch=args.batch, runs=args.runs, threads=args.threads, fuse=args.fuse
+        [args.a, args.b],
+        img=args.img,
+        batch=args.batch,
+        runs=args.runs,
+        warmup=args.warmup,
+        threads=args.threads,
+        fuse=args.fuse,
     )
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0
@@ -74,33 +84,69 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="params, MACs and interleaved latency of two models")
     p.add_argument("a", help="first model, e.g. resnet50")
     p.add_argument("b", help="second model, e.g. cspresnet50")
-    p.add_argument("--img", type=int, default=224)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--runs", type=int, default=20, help="timed runs per model (after warm-up)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--img", type=image_size, default=224)
+    p.add_argument("--batch", type=positive_int, default=1)
+    p.add_argument("--runs", type=positive_int, default=20, help="timed runs per model (after warm-up)")
+    p.add_argument("--warmup", type=nonneg_int, default=3, help="untimed runs per model first")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--fuse", action="store_true", help="time the deployment path: model.fuse() (BN folded)")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.set_defaults(func=_cmd_compare)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `cspnet: error: <prog>: <problem> (see <prog> -h)`, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"cspnet: error: {self.prog}: {_one_line(message)} (see `{self.prog} -h`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cspnet", description="Cross Stage Partial Networks, measured.")
+    parser = Parser(
+        prog="cspnet",
+        description="Cross Stage Partial Networks, measured.",
+        epilog="Errors are one line; --debug (anywhere on the command line) shows the Python traceback.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of errors")
     sub = parser.add_subparsers(dest="command", required=True)
     for mod in COMMAND_MODULES:
         importlib.import_module(mod).add_parser(sub)
     return parser
 
 
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())  # messages with newlines (e.g. from libraries) stay on one line
+    return text[:500] + ("..." if len(text) > 500 else "")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; every CspnetError is one `cspnet: error: ...` line (exit 2), any other error one line (exit 1).
+
+    `--debug` anywhere on the command line (or CSPNET_DEBUG=1) prints the traceback as well.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("CSPNET_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     args = build_parser().parse_args(argv)
     try:
+        check_outputs(args)  # an existing output is refused before any work
         return args.func(args) or 0
     except CspnetError as e:
-        print(f"cspnet: error: {e}", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        print(f"cspnet: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cspnet: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if debug:
+            traceback.print_exc()
+        print(
+            f"cspnet: error: unexpected {type(e).__name__}: {_one_line(e)} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -88,10 +88,10 @@ def test_bench_rejects_bad_config():
 
 def test_bench_cli(tmp_path, capsys):
     args = ["bench", "cspresnet10", "--twins", "--img", "32", "--runs", "1", "--warmup", "0", "--no-memory"]
-    assert main(args + ["--out", str(tmp_path)]) == 0
+    assert main(args + ["--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "| cspresnet10 |" in out and "| resnet10 |" in out
-    assert (tmp_path / "bench.png").is_file()
+    assert (tmp_path / "out" / "bench.png").is_file()
     assert main(["bench", "cspresnet10@warp"]) == 2
     assert "unknown option" in capsys.readouterr().err
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from cspnet.cli_args import add_output, image_size, nonneg_int, positive_int
+
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from cspnet.bench.harness import BenchConfig, expand_variants, run_bench
@@ -43,12 +45,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         help="model variants: NAME, timm:NAME, NAME@fuse+cl+compile, NAME@ort (options: fuse, cl, compile, ort)",
     )
-    p.add_argument("--img", type=int, default=224)
-    p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes, e.g. --batch 1 8")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--img", type=image_size, default=224)
+    p.add_argument("--batch", type=positive_int, nargs="+", default=[1], help="batch sizes, e.g. --batch 1 8")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--dtype", default="float32", help="float32 or bfloat16")
-    p.add_argument("--runs", type=int, default=20, help="timed runs per variant (interleaved)")
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--runs", type=positive_int, default=20, help="timed runs per variant (interleaved)")
+    p.add_argument("--warmup", type=nonneg_int, default=3)
     p.add_argument("--twins", action="store_true", help="add each model's plain (or CSP) twin")
     p.add_argument("--compare-timm", action="store_true", help="add timm's implementation of each model")
     p.add_argument("--fuse", action="store_true", help="fold BN into convs (model.fuse()) for every cspnet model")
@@ -56,6 +58,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile every cspnet model (slow to start)")
     p.add_argument("--train", action="store_true", help="also time training steps (forward, backward, SGD step)")
     p.add_argument("--no-memory", action="store_true", help="skip the profiler's peak-memory step")
-    p.add_argument("--out", default=None, help="folder for bench.json, bench.md, bench.png")
+    add_output(
+        p, "--out", kind="dir", default=None, help="new folder for bench.json, bench.md, bench.png (--force: reuse)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     p.set_defaults(func=_cmd_bench)

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from cspnet.cli_args import add_output, check_output, existing_file, image_size, key_value, nonneg_int, positive_float
+
 
 def _load_for_export(args: argparse.Namespace):
     from cspnet.errors import ConfigError
@@ -26,18 +28,11 @@ def _load_for_export(args: argparse.Namespace):
     return create_model(name, **dict(args.override or [])), name
 
 
-def _override(s: str) -> tuple[str, object]:
-    import yaml
-
-    key, sep, value = s.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {s!r}")
-    return key, yaml.safe_load(value)
-
-
 def _cmd_export(args: argparse.Namespace) -> int:
     from cspnet.deploy.export import SUFFIX, export
 
+    if not args.out and args.model:  # the default output is checked like --out, before any work
+        check_output(f"{args.model}{SUFFIX[args.format]}", "file", args.force, "--force", "output")
     model, name = _load_for_export(args)
     out = Path(args.out) if args.out else Path(f"{name}{SUFFIX[args.format]}")
     report = export(model, out, args.format, img_size=args.img, atol=args.atol, runs=args.runs)
@@ -57,12 +52,16 @@ def _export_line(r: dict) -> str:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a model to ONNX or TorchScript (dynamic batch), validated")
     p.add_argument("--model", default=None, help="registered model name, e.g. cspresnet50")
-    p.add_argument("--weights", default=None, help="weights file (.safetensors or checkpoint); needs --model")
+    p.add_argument(
+        "--weights", type=existing_file, default=None, help="weights file (.safetensors or checkpoint); needs --model"
+    )
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
-    p.add_argument("--out", default=None, help="output file (default: NAME.onnx / NAME.pt)")
-    p.add_argument("--img", type=int, default=224, help="image size used to trace and validate")
-    p.add_argument("--override", type=_override, action="append", help="architecture override KEY=VALUE")
-    p.add_argument("--atol", type=float, default=1e-4, help="max |output diff| vs PyTorch")
-    p.add_argument("--runs", type=int, default=10, help="timed runs for the speed report (0: skip)")
+    add_output(
+        p, "--out", kind="file", default=None, help="output file (default: NAME.onnx / NAME.pt); --force: replace it"
+    )
+    p.add_argument("--img", type=image_size, default=224, help="image size used to trace and validate")
+    p.add_argument("--override", type=key_value, action="append", help="architecture override KEY=VALUE")
+    p.add_argument("--atol", type=positive_float, default=1e-4, help="max |output diff| vs PyTorch")
+    p.add_argument("--runs", type=nonneg_int, default=10, help="timed runs for the speed report (0: skip)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_export)

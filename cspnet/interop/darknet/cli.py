@@ -7,6 +7,7 @@ import argparse
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from cspnet.cli_args import add_output, existing_file, image_size
 from cspnet.interop.darknet.cfg import parse_cfg
 from cspnet.interop.darknet.model import DarknetModel
 
@@ -70,13 +71,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     dsub = p.add_subparsers(dest="darknet_command", required=True)
 
     q = dsub.add_parser("info", help="layer table with params and BFLOPs of a .cfg")
-    q.add_argument("cfg", help="darknet .cfg file")
-    q.add_argument("--img", type=int, default=None, help="input size (default: the cfg's width/height)")
+    q.add_argument("cfg", type=existing_file, help="darknet .cfg file")
+    q.add_argument("--img", type=image_size, default=None, help="input size (default: the cfg's width/height)")
     q.set_defaults(func=_cmd_info)
 
     q = dsub.add_parser("convert", help="convert .cfg + .weights to .safetensors (or .pt)")
-    q.add_argument("cfg", help="darknet .cfg file")
-    q.add_argument("weights", help="darknet .weights file")
-    q.add_argument("out", help="output file: .safetensors, or .pt for a torch file")
+    q.add_argument("cfg", type=existing_file, help="darknet .cfg file")
+    q.add_argument("weights", type=existing_file, help="darknet .weights file")
+    add_output(
+        q, "out", kind="file", inputs=("cfg", "weights"), help="output file: .safetensors, or .pt for a torch file"
+    )
     q.add_argument("--generic", action="store_true", help="keep the cfg model even where a native twin exists")
     q.set_defaults(func=_cmd_convert)

@@ -1,0 +1,193 @@
+"""Bad input -> exit code and one error line, for every sub-command's numeric and path arguments.
+
+The table runs the CLI in-process (cspnet.cli.main). To add a case, append a row to ROWS:
+    (argv, expected exit code, fragment of the error line)
+argv items may use the placeholders of `paths()`: {file} an existing file, {dir} an existing folder, {missing} a
+path that does not exist, {cfg} a tiny darknet cfg, {weights} its .weights, {ckpt} a `classify` checkpoint
+(built on demand), {pickle_st} a pickle named .safetensors, {tmp} the test's folder.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cspnet.cli import main
+
+TINY_CFG = """[net]
+width=16
+height=16
+channels=3
+
+[convolutional]
+batch_normalize=1
+filters=4
+size=3
+stride=2
+pad=1
+activation=leaky
+
+[avgpool]
+"""
+
+NUM = "must be a positive integer"
+IMG = "image size must be a positive"
+
+ROWS: list[tuple[list[str], int, str]] = [
+    # top level
+    (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
+    # models
+    (["models", "--measure", "nosuchmodel*"], 0, ""),  # an empty filter is not an error
+    # compare
+    (["compare", "resnet10", "cspresnet10", "--batch", "0"], 2, NUM),
+    (["compare", "resnet10", "cspresnet10", "--batch", "-2"], 2, NUM),
+    (["compare", "resnet10", "cspresnet10", "--batch", "two"], 2, "expected a positive integer"),
+    (["compare", "resnet10", "cspresnet10", "--runs", "0"], 2, NUM),
+    (["compare", "resnet10", "cspresnet10", "--warmup", "-1"], 2, "must be an integer >= 0"),
+    (["compare", "resnet10", "cspresnet10", "--img", "0"], 2, IMG),
+    (["compare", "resnet10", "cspresnet10", "--img", "-32"], 2, IMG),
+    (["compare", "resnet10", "cspresnet10", "--threads", "0"], 2, NUM),
+    (["compare", "resnet10", "cspresnet5"], 2, "did you mean cspresnet50"),
+    # bench
+    (["bench", "resnet10", "--batch", "1", "0"], 2, NUM),
+    (["bench", "resnet10", "--img", "0"], 2, IMG),
+    (["bench", "resnet10", "--runs", "0"], 2, NUM),
+    (["bench", "resnet10", "--warmup", "-1"], 2, "must be an integer >= 0"),
+    (["bench", "resnet10", "--threads", "-1"], 2, NUM),
+    (["bench", "resnet10", "--out", "{dir}"], 2, "exists; pass --force"),
+    (["bench", "resnet10", "--out", "{file}"], 2, "is a file; pass a folder"),
+    (["bench", "resnet10", "--out", "{file}/sub"], 2, "is a file, not a folder"),
+    (["bench", "resnet10", "--out", "{file}", "--force"], 2, "is a file; pass a folder"),
+    (["bench", "resnet10@warp"], 2, "unknown option"),
+    (["bench", "resnet10", "--dtype", "int4"], 2, "unknown dtype"),
+    # export
+    (["export", "--model", "resnet10", "--img", "0"], 2, IMG),
+    (["export", "--model", "resnet10", "--img", "-5"], 2, IMG),
+    (["export", "--model", "resnet10", "--runs", "-1"], 2, "must be an integer >= 0"),
+    (["export", "--model", "resnet10", "--atol", "0"], 2, "must be a number > 0"),
+    (["export", "--model", "resnet10", "--atol", "nan"], 2, "expected a positive number"),
+    (["export", "--model", "resnet10", "--override", "depth"], 2, "expected KEY=VALUE"),
+    (["export", "--model", "resnet10", "--weights", "{missing}"], 2, "not found"),
+    (["export", "--model", "resnet10", "--weights", "{dir}"], 2, "is a folder"),
+    (["export", "--model", "resnet10", "--out", "{file}"], 2, "exists; pass --force"),
+    (["export", "--model", "resnet10", "--out", "{dir}"], 2, "is a folder; pass a file"),
+    (["export", "--model", "resnet10", "--out", "{dir}", "--force"], 2, "is a folder; pass a file"),
+    (["export", "--weights", "{file}"], 2, "needs --model"),
+    (["export", "--model", "nosuch"], 2, "unknown model"),
+    # darknet info / convert
+    (["darknet", "info", "{missing}"], 2, "not found"),
+    (["darknet", "info", "{dir}"], 2, "is a folder"),
+    (["darknet", "info", "{cfg}", "--img", "0"], 2, IMG),
+    (["darknet", "info", "{file}"], 2, "before any [section]; start the file with [net]"),
+    (["darknet", "convert", "{cfg}", "{missing}", "{tmp}/o.safetensors"], 2, "not found"),
+    (["darknet", "convert", "{missing}", "{weights}", "{tmp}/o.safetensors"], 2, "not found"),
+    (["darknet", "convert", "{cfg}", "{weights}", "{file}"], 2, "exists; pass --force"),
+    (["darknet", "convert", "{cfg}", "{weights}", "{cfg}"], 2, "is also the input cfg"),
+    (["darknet", "convert", "{cfg}", "{weights}", "{cfg}", "--force"], 2, "is also the input cfg"),
+    (["darknet", "convert", "{cfg}", "{weights}", "{weights}", "--force"], 2, "is also the input weights"),
+    (["darknet", "convert", "{cfg}", "{weights}", "{dir}"], 2, "is a folder; pass a file"),
+    (["darknet", "convert", "{cfg}", "{file}", "{tmp}/o.safetensors"], 2, "too short for a darknet header"),
+]
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory) -> dict[str, str]:
+    tmp = tmp_path_factory.mktemp("bad_inputs")
+    (tmp / "exists.txt").write_text("hello\n")
+    (tmp / "folder").mkdir()
+    (tmp / "tiny.cfg").write_text(TINY_CFG)
+    from cspnet.interop.darknet import DarknetModel
+    from cspnet.interop.darknet.weights import write_weights
+
+    write_weights(DarknetModel.from_cfg(tmp / "tiny.cfg"), tmp / "tiny.weights")
+    torch.save({"x": torch.zeros(1)}, tmp / "pickle.safetensors")
+    return {
+        "file": str(tmp / "exists.txt"),
+        "dir": str(tmp / "folder"),
+        "missing": str(tmp / "missing.bin"),
+        "cfg": str(tmp / "tiny.cfg"),
+        "weights": str(tmp / "tiny.weights"),
+        "pickle_st": str(tmp / "pickle.safetensors"),
+        "tmp": str(tmp),
+    }
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of cspnet.cli.main in this process."""
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def check_one_line_error(rc: int, out: str, err: str, code: int, fragment: str) -> None:
+    assert "Traceback" not in out + err
+    assert rc == code, (rc, err)
+    if code:
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("cspnet: error: "), err
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("argv, code, fragment", ROWS, ids=[" ".join(r[0]) for r in ROWS])
+def test_bad_input(argv, code, fragment, paths, capsys):
+    before = sorted(p.name for p in __import__("pathlib").Path(paths["tmp"]).rglob("*"))
+    rc, out, err = run_cli([a.format(**paths) for a in argv], capsys)
+    check_one_line_error(rc, out, err, code, fragment)
+    after = sorted(p.name for p in __import__("pathlib").Path(paths["tmp"]).rglob("*"))
+    assert after == before  # a refused command writes nothing
+    assert paths and open(paths["file"]).read() == "hello\n"  # nor overwrites anything
+
+
+def test_unexpected_error_is_one_line_and_debug_shows_the_traceback(monkeypatch, capsys):
+    import cspnet.cli as cli
+
+    def boom(args):
+        raise RuntimeError("disk on fire\nsecond line")
+
+    monkeypatch.setattr(cli, "_cmd_models", boom)
+    rc, out, err = run_cli(["models"], capsys)
+    assert rc == 1 and "Traceback" not in err
+    (line,) = err.strip().splitlines()
+    assert (
+        line == "cspnet: error: unexpected RuntimeError: disk on fire second line (run with --debug for the traceback)"
+    )
+    rc, out, err = run_cli(["models", "--debug"], capsys)
+    assert rc == 1 and "Traceback" in err and 'raise RuntimeError("disk on fire' in err
+
+
+def test_cspnet_error_with_debug_shows_the_traceback(capsys):
+    rc, out, err = run_cli(["--debug", "compare", "resnet10", "nosuch"], capsys)
+    assert rc == 2 and "Traceback" in err and err.strip().splitlines()[-1].startswith("cspnet: error: unknown model")
+
+
+@pytest.mark.slow
+def test_end_to_end_bad_inputs_in_a_subprocess(tmp_path):
+    """The installed entry point: argparse and runtime errors are one line, exit 2, no traceback."""
+    (tmp_path / "o").mkdir()
+    argv = ["bench", "resnet10", "--out", str(tmp_path / "o")]
+    proc = subprocess.run([sys.executable, "-m", "cspnet.cli", *argv], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("cspnet: error: ") and "exists; pass --force" in line
+
+
+def test_argument_types():
+    import argparse
+
+    from cspnet.cli_args import fraction, image_size_multiple, key_value
+
+    assert key_value("stage_depths=[1, 2]") == ("stage_depths", [1, 2]) and key_value("act=mish") == ("act", "mish")
+    assert fraction("0") == 0.0 and fraction("1") == 1.0 and image_size_multiple(32)("64") == 64
+    for fn, bad, msg in [
+        (fraction, "1.5", "in [0, 1]"),
+        (image_size_multiple(32), "100", "multiple of 32, got 100; try 96"),
+    ]:
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(msg)):
+            fn(bad)
