@@ -6,7 +6,6 @@ counts it, so one bad file never stops a run.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import zipfile
@@ -18,6 +17,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
+from cspnet.data.images import load_image
 from cspnet.errors import InputError
 
 LOG = logging.getLogger("cspnet.data")
@@ -40,15 +40,18 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def open(self, ref: str) -> Image.Image:
+    def read(self, ref: str) -> str | Path | bytes:
+        """The sample's file (path or bytes) for load_image."""
         raise NotImplementedError
+
+    def open(self, ref: str) -> Image.Image:
+        """The sample as 8-bit RGB (16-bit, palette, alpha, CMYK converted by load_image)."""
+        return load_image(self.read(ref))
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
         ref, target = self.samples[i]
         try:
             img = self.open(ref)
-            img.load()  # decode now so a truncated file fails here, not in a transform
-            img = img.convert("RGB")
         except Exception as e:  # PIL raises many types for bad files
             LOG.warning(f"skipping unreadable image {self.where}/{ref}: {type(e).__name__}: {e}")
             return None
@@ -89,8 +92,8 @@ class ImageFolderDataset(ImageDataset):
         super().__init__(samples, classes, str(root), transform)
         self.root = root
 
-    def open(self, ref: str) -> Image.Image:
-        return Image.open(self.root / ref)
+    def read(self, ref: str) -> Path:
+        return self.root / ref
 
 
 class ZipImageDataset(ImageDataset):
@@ -104,10 +107,10 @@ class ZipImageDataset(ImageDataset):
         self._zip: zipfile.ZipFile | None = None
         self._pid = -1
 
-    def open(self, ref: str) -> Image.Image:
+    def read(self, ref: str) -> bytes:
         if self._pid != os.getpid():  # a handle must not cross a fork into DataLoader workers
             self._zip, self._pid = zipfile.ZipFile(self.path), os.getpid()
-        return Image.open(io.BytesIO(self._zip.read(f"{self.split}/{ref}")))
+        return self._zip.read(f"{self.split}/{ref}")
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_zip": None, "_pid": -1}
