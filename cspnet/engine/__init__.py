@@ -1,6 +1,20 @@
-"""The training engine: one Trainer loop, with tasks (classify; detection later) plugged in."""
+"""The training engine: one Trainer loop and `evaluate`, the Task and Metric protocols, and a registry of tasks."""
 
 from cspnet.engine.checkpoint import load_checkpoint, save_checkpoint
-from cspnet.engine.trainer import NonFiniteLossError, Task, TrainCfg, Trainer
+from cspnet.engine.metrics import GatherMetric, Metric, SumMetric
+from cspnet.engine.task import Task, TaskBase
+from cspnet.engine.trainer import NonFiniteLossError, TrainCfg, Trainer, evaluate
 
-__all__ = ["NonFiniteLossError", "Task", "TrainCfg", "Trainer", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "GatherMetric",
+    "Metric",
+    "NonFiniteLossError",
+    "SumMetric",
+    "Task",
+    "TaskBase",
+    "TrainCfg",
+    "Trainer",
+    "evaluate",
+    "load_checkpoint",
+    "save_checkpoint",
+]

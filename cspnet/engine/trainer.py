@@ -1,8 +1,9 @@
-"""The one training loop. A Task says what to train (model, data, loss, metrics); the Trainer says how.
+"""The one training loop. A Task says what to train (model, data, loss, metric); the Trainer says how.
 
-Optimizer (no weight decay on norms and biases), warm-up then cosine, autocast (bf16 on CPU, fp16/bf16 on CUDA),
-EMA (AveragedModel), gradient accumulation, channels_last, seeds and deterministic mode, DDP under torchrun with
-metrics reduced across ranks, atomic checkpoints with exact resume, a NaN guard, and Ctrl-C saving last.pt.
+Optimizer (task param groups; by default no weight decay on norms and biases), warm-up then cosine, autocast (bf16
+on CPU, fp16/bf16 on CUDA), EMA (AveragedModel), gradient accumulation, channels_last, seeds and deterministic
+mode, DDP under torchrun, atomic checkpoints with exact resume, a NaN guard, and Ctrl-C saving last.pt.
+`evaluate()` is the validation pass on its own: `val` commands call it without building a Trainer.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,35 +31,21 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
+from cspnet.engine import dist as edist
 from cspnet.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from cspnet.engine.metrics import Metric, SumMetric
+from cspnet.engine.task import Task, default_param_groups
 from cspnet.errors import ConfigError, CspnetError, InputError
 from cspnet.io import atomic_write
 
-Stats = dict[str, torch.Tensor]  # per-batch sums (loss * n, n, correct, ...), summed over batches and ranks
+if TYPE_CHECKING:
+    from cspnet.engine.run import RunDir
+
+param_groups = default_param_groups  # the default of Task.param_groups
 
 
 class NonFiniteLossError(CspnetError):
     """The loss became NaN or inf; the run stopped and last.pt keeps the last good state."""
-
-
-class Task(Protocol):
-    """What a task (classify, detect, ...) plugs into the Trainer."""
-
-    name: str
-    fitness: str  # the metric (higher is better) that picks best.pt, e.g. "val/top1"
-    cfg: Any  # a dataclass of the task's settings (model, data, ...); saved with the run's args
-
-    def build_model(self) -> nn.Module: ...
-
-    def datasets(self) -> tuple[Dataset, Dataset]: ...  # train, val
-
-    def collate(self, train: bool) -> Callable: ...  # batches are dicts with "images" and optionally "skipped"
-
-    def forward(self, model: nn.Module, batch: dict, train: bool) -> tuple[torch.Tensor, Stats]: ...  # loss, sums
-
-    def summarize(self, sums: Stats) -> dict[str, float]: ...  # sums -> metrics (scalars first)
-
-    def meta(self) -> dict: ...  # plain dict saved in checkpoints to rebuild the model (name, classes, ...)
 
 
 @dataclass
@@ -94,15 +81,6 @@ def lr_factor(step: int, warmup: int, total: int, min_lr: float) -> float:
     return min_lr + (1 - min_lr) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on weights of convs and linears only: none on norm parameters and biases."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def ema_fn(decay: float) -> Callable:
     """EMA with a warm-up, min(decay, (1 + n) / (10 + n)), so short runs are not dominated by the initial weights."""
 
@@ -111,6 +89,17 @@ def ema_fn(decay: float) -> Callable:
         get_ema_multi_avg_fn(min(decay, (1 + n) / (10 + n)))(ema_params, params, num_averaged)
 
     return update
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for --amp on this device (None: full precision)."""
+    if amp not in ("auto", "off", "bf16", "fp16"):
+        raise ConfigError(f"unknown amp mode {amp!r}; use auto, off, bf16 or fp16")
+    if amp == "auto":
+        amp = "fp16" if device.type == "cuda" else "off"
+    if amp == "fp16" and device.type == "cpu":
+        raise ConfigError("fp16 autocast needs CUDA; on the CPU use --amp bf16 or --amp off")
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
 class ResumableSampler(DistributedSampler):
@@ -148,20 +137,114 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
 
 
+class LossMeter(SumMetric):
+    """Images seen and skipped, and the loss and its items averaged per image; summed over ranks."""
+
+    def count(self, n: int, loss: torch.Tensor | None = None, items: dict | None = None, skipped: int = 0) -> None:
+        stats: dict[str, Any] = {"n": float(n), "skipped": float(skipped)}
+        if loss is not None:
+            stats["loss"] = loss.detach().double() * n
+            stats.update({f"item/{k}": v.detach().double() * n for k, v in (items or {}).items()})
+        self.add(stats)
+
+    def summarize(self, sums: dict[str, torch.Tensor]) -> dict[str, float]:
+        n = float(sums.get("n", 0.0))
+        out = {"n": n, "skipped": float(sums.get("skipped", 0.0))}
+        for k, v in sums.items():
+            if k == "loss" or k.startswith("item/"):
+                out[k.removeprefix("item/")] = float(v) / max(n, 1.0)
+        return out
+
+    def running(self) -> dict[str, float]:
+        """This rank's means so far, for the progress bar (no communication)."""
+        return {k: v for k, v in self.summarize(self.sums).items() if k not in ("n", "skipped")}
+
+
+def to_device(batch: dict, device: torch.device, channels_last: bool = False) -> dict:
+    """The batch's tensors on the device (images channels_last on request); other entries as they are."""
+    out = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    if channels_last:
+        out["images"] = out["images"].contiguous(memory_format=torch.channels_last)
+    return out
+
+
+def _no_images(what: str, loader: DataLoader) -> InputError:
+    where = getattr(loader.dataset, "where", "the dataset")
+    return InputError(f"no readable {what} images in {where}: every image failed to load")
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    task: Task,
+    metric: Metric | None = None,
+    *,
+    device: torch.device | str | None = None,
+    amp: torch.dtype | None = None,
+    channels_last: bool = False,
+    progress: bool = True,
+    desc: str = "val",
+) -> dict[str, float]:
+    """One validation pass: the task's metric (default `task.metric(False)`) and mean loss, reduced over ranks.
+
+    Returns the metric's values, "loss" and the loss items (when task.val_loss), and "skipped" (unreadable images).
+    Under DDP every rank passes its shard of the data (ShardSampler) and gets the same values back.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model = model.to(device).eval()
+    metric = metric if metric is not None else task.metric(False)
+    if metric is not None:
+        metric.reset()
+    meter = LossMeter()
+    bar = tqdm(loader, desc=desc, disable=not progress, leave=False, mininterval=1.0, dynamic_ncols=True)
+    for batch in bar:
+        n = len(batch["images"])
+        if n == 0:  # every image failed to load (already warned)
+            meter.count(0, skipped=batch.get("skipped", 0))
+            continue
+        batch = task.preprocess(to_device(batch, device, channels_last), False)
+        with torch.autocast(device.type, amp, enabled=amp is not None):
+            preds = task.forward(model, batch, False)
+            loss, items = task.loss(preds, batch) if task.val_loss else (None, None)
+        meter.count(n, loss, items, batch.get("skipped", 0))
+        if metric is not None:
+            metric.update(preds, batch)
+    counts = meter.compute()
+    if counts["n"] == 0:
+        raise _no_images("validation", loader)
+    out = {k: v for k, v in counts.items() if k not in ("n", "skipped")}
+    if metric is not None:
+        out.update(metric.compute())
+    out["skipped"] = int(counts["skipped"])
+    return out
+
+
+def check_readable(ds: Dataset, what: str, probe: int = 16) -> None:
+    """Fail before training when a split's images cannot be read: decode up to `probe` spread-out samples."""
+    n = len(ds)
+    idx = range(n) if n <= probe else sorted({i * (n - 1) // (probe - 1) for i in range(probe)})
+    if n and all(ds[i] is None for i in idx):
+        where = getattr(ds, "where", what)
+        some = "every image" if n <= probe else f"all {len(idx)} sampled images"
+        raise InputError(f"{some} of the {what} split {where} failed to load (see the warnings); check the files")
+
+
 class Trainer:
     """Trains a Task with a TrainCfg; `fit()` runs to the end and returns the last epoch's metrics."""
 
-    def __init__(self, task: Task, cfg: TrainCfg):
-        self.task, self.cfg = task, cfg
+    def __init__(self, task: Task, cfg: TrainCfg, run: RunDir | None = None):
+        self.task, self.cfg, self.run = task, cfg, run
         self.args = {**dataclasses.asdict(task.cfg), **dataclasses.asdict(cfg)}  # args.yaml; resume rebuilds from it
-        self.world = int(os.environ.get("WORLD_SIZE", 1))
-        self.rank = int(os.environ.get("RANK", 0))
+        self.world = edist.world_size()
+        self.rank = edist.rank()
         self.main = self.rank == 0
         self.save_dir = Path(cfg.save_dir)
         self.wdir = self.save_dir / "weights"
         self.saved: list[str] = []  # files this process wrote (only rank 0 writes)
         self.metrics: dict[str, float] = {}
         self.writer = None
+        self.epoch = 0
         self._check_cfg()
 
     def _check_cfg(self) -> None:
@@ -177,29 +260,18 @@ class Trainer:
 
     # ---- set-up -------------------------------------------------------------------------------------------------
     def _setup_device(self) -> None:
-        name = self.cfg.device
-        if name == "auto":
-            name = "cuda" if torch.cuda.is_available() else "cpu"
-        if name.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError("device cuda requested but CUDA is not available; use --device cpu")
-        if name == "cuda" and self.world > 1:
-            name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-        self.device = torch.device(name)
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-        amp = self.cfg.amp
-        if amp == "auto":
-            amp = "fp16" if self.device.type == "cuda" else "off"
-        if amp == "fp16" and self.device.type == "cpu":
-            raise ConfigError("fp16 autocast needs CUDA; on the CPU use --amp bf16 or --amp off")
-        self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
+        self.device = edist.setup(self.cfg.device)
+        self.amp_dtype = amp_dtype(self.cfg.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
     def _setup(self) -> None:
         c = self.cfg
         self._setup_device()
+        train_ds, val_ds = self.task.datasets()
+        if len(train_ds) < c.batch:
+            raise ConfigError(f"batch {c.batch} is larger than the {len(train_ds)} training images; lower --batch")
+        check_readable(train_ds, "training")  # before seeding: the probe's augmentations draw random numbers
+        check_readable(val_ds, "validation")
         seed_everything(c.seed, c.deterministic)
         model = self.task.build_model()
         if c.sync_bn and self.device.type != "cuda":
@@ -214,10 +286,7 @@ class Trainer:
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         torch.manual_seed(c.seed + self.rank)  # same init on every rank, different augmentation
 
-        train_ds, val_ds = self.task.datasets()
         per_rank = c.batch // self.world
-        if len(train_ds) < c.batch:
-            raise ConfigError(f"batch {c.batch} is larger than the {len(train_ds)} training images; lower --batch")
         self.train_sampler = ResumableSampler(train_ds, self.world, self.rank, shuffle=True, seed=c.seed)
         loader_kw = dict(num_workers=c.workers, pin_memory=self.device.type == "cuda")
         self.train_loader = DataLoader(
@@ -239,7 +308,7 @@ class Trainer:
 
         opt_cls = torch.optim.SGD if c.optimizer == "sgd" else torch.optim.AdamW
         extra = dict(momentum=c.momentum, nesterov=True) if c.optimizer == "sgd" else {}
-        self.optimizer = opt_cls(param_groups(self.model, c.weight_decay), lr=c.lr, **extra)
+        self.optimizer = opt_cls(self.task.param_groups(self.model, c.weight_decay), lr=c.lr, **extra)
         warmup, total = round(c.warmup_epochs * self.steps_per_epoch), c.epochs * self.steps_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, warmup, total, c.min_lr)
@@ -296,82 +365,71 @@ class Trainer:
         self.metrics = ckpt.get("metrics", {})
 
     # ---- the loop -----------------------------------------------------------------------------------------------
-    def reduce(self, sums: Stats) -> Stats:
-        if self.world > 1:
-            for v in sums.values():
-                dist.all_reduce(v)
-        return sums
-
-    def all_empty(self, empty: bool, train: bool) -> bool:
-        """Skip a batch on every rank when one rank has nothing to train on, so DDP's all-reduces stay in step."""
-        if self.world == 1 or not train:
-            return empty
-        flag = torch.tensor([float(empty)], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
-
-    def evaluate(self, model: nn.Module, loader: DataLoader) -> dict:
-        """Metrics of a model on a loader (for `val`): the same loop as training, without the updates."""
-        if not hasattr(self, "device"):
-            self._setup_device()
-        return self.run_epoch(model.to(self.device), loader, False, "val")
-
-    def run_epoch(self, model: nn.Module, loader: DataLoader, train: bool, desc: str) -> dict:
-        """One pass over a loader, training or evaluating; returns the task's metrics reduced over ranks."""
-        c = self.cfg
-        model.train(train)
-        sums: Stats = {}
+    def train_epoch(self) -> dict[str, float]:
+        """One training pass (from self.start_batch on resume); the loss, its items and the train metric."""
+        c, task, model, loader = self.cfg, self.task, self.train_model, self.train_loader
+        model.train()
+        metric = task.metric(True)
+        if metric is not None:
+            metric.reset()
+        meter = LossMeter()
         seen, t0 = 0, time.perf_counter()
+        desc = f"{self.epoch + 1}/{c.epochs}"
         bar = tqdm(loader, desc=desc, disable=not self.main, leave=False, mininterval=1.0, dynamic_ncols=True)
-        for i, batch in enumerate(bar, start=self.start_batch if train else 0):
-            sums["skipped"] = sums.get("skipped", 0) + torch.tensor(float(batch.get("skipped", 0)), dtype=torch.float64)
-            if self.all_empty(len(batch["images"]) == 0, train):  # every image failed to load (already warned)
+        last = len(loader) + self.start_batch
+        for i, batch in enumerate(bar, start=self.start_batch):
+            n = len(batch["images"])
+            if edist.any_rank(n == 0, self.device):  # a rank has nothing to train on: all skip, DDP stays in step
+                meter.count(0, skipped=batch.get("skipped", 0) + n)
                 continue
-            images = batch["images"].to(self.device, non_blocking=True)
-            if c.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            batch = {**batch, "images": images}
-            step = train and ((i + 1) % c.accumulate == 0 or i + 1 == len(loader) + self.start_batch)
-            sync = nullcontext() if step or self.world == 1 or not train else model.no_sync()
-            with sync, torch.set_grad_enabled(train):
+            batch = task.preprocess(to_device(batch, self.device, c.channels_last), True)
+            step = (i + 1) % c.accumulate == 0 or i + 1 == last
+            sync = nullcontext() if step or self.world == 1 else model.no_sync()
+            with sync:
                 with torch.autocast(self.device.type, self.amp_dtype, enabled=self.amp_dtype is not None):
-                    loss, stats = self.task.forward(model, batch, train)
-                if train:
-                    self._check_finite(loss, i)
-                    self.scaler.scale(loss / c.accumulate).backward()
+                    preds = task.forward(model, batch, True)
+                    loss, items = task.loss(preds, batch)
+                self._check_finite(loss, i)
+                self.scaler.scale(loss / c.accumulate).backward()
             if step:
                 self._step()
-            for k, v in stats.items():
-                v = v.detach().double().cpu()
-                sums[k] = sums[k] + v if k in sums else v
-            seen += len(images)
-            if train:
-                self._batch = i + 1
-            if train and self.main:
-                m = self.task.summarize(sums)
+            meter.count(n, loss, items, batch.get("skipped", 0))
+            if metric is not None:
+                metric.update(preds, batch)
+            seen += n
+            self._batch = i + 1
+            if self.main:
                 ips = seen * self.world / (time.perf_counter() - t0)
                 lr = self.optimizer.param_groups[0]["lr"]
                 bar.set_postfix(
-                    {k.split("/")[-1]: f"{v:.3g}" for k, v in m.items() if isinstance(v, float)}
-                    | {"lr": f"{lr:.3g}", "img/s": f"{ips:.0f}"}
+                    {k: f"{v:.3g}" for k, v in meter.running().items()} | {"lr": f"{lr:.3g}", "img/s": f"{ips:.0f}"}
                 )
         elapsed = time.perf_counter() - t0
-        self.reduce(sums)
-        if float(sums.get("n", 0)) == 0:
-            what = "training" if train else "validation"
-            where = getattr(loader.dataset, "where", "the dataset")
-            raise InputError(f"no readable {what} images in {where}: every image failed to load")
-        out = self.task.summarize(sums)
-        out["skipped"] = int(sums["skipped"].item())
-        if train:
-            out["img_s"] = seen * self.world / elapsed
+        counts = meter.compute()
+        if counts["n"] == 0:
+            raise _no_images("training", loader)
+        out = {k: v for k, v in counts.items() if k not in ("n", "skipped")}
+        if metric is not None:
+            out.update(metric.compute())
+        out["skipped"] = int(counts["skipped"])
+        out["img_s"] = seen * self.world / elapsed
         return out
 
+    def validate(self) -> dict[str, float]:
+        """The validation pass on the EMA model (or the model)."""
+        model = self.ema.module if self.ema else self.model
+        return evaluate(
+            model,
+            self.val_loader,
+            self.task,
+            device=self.device,
+            amp=self.amp_dtype,
+            channels_last=self.cfg.channels_last,
+            progress=self.main,
+        )
+
     def _check_finite(self, loss: torch.Tensor, i: int) -> None:
-        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
-        if self.world > 1:
-            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        if bad.item():
+        if edist.any_rank(not bool(torch.isfinite(loss.detach()).all()), self.device):
             kept = f"epoch {self.epoch}" if self.epoch else "no checkpoint (failed in the first epoch)"
             raise NonFiniteLossError(
                 f"loss is {loss.item()} at epoch {self.epoch + 1}, batch {i + 1}; stopped, last.pt keeps {kept}; "
@@ -388,44 +446,52 @@ class Trainer:
 
     def fit(self, resume: str | Path | None = None) -> dict[str, float]:
         """Train from scratch, or resume from a last.pt exactly where it stopped."""
-        self._setup()
-        if resume:
-            self.load(resume)
-        log = self._start_logging(resumed=bool(resume))
+        ok = False
+        try:
+            self._setup()
+            if resume:
+                self.load(resume)
+            log = self._start_logging(resumed=bool(resume))
+            self._loop(log)
+            ok = True
+        finally:
+            self._finish(ok)
+        return self.metrics
+
+    def _loop(self, log: Callable[[dict], None]) -> None:
         self.epoch = self.start_epoch
         try:
             for epoch in range(self.start_epoch, self.cfg.epochs):
                 self.epoch = epoch
                 self._batch = self.start_batch
-                self.train_sampler.set_epoch(self.epoch)
+                self.task.on_epoch_start(self, epoch)
+                self.train_sampler.set_epoch(epoch)
                 self.train_sampler.start = self.start_batch * (self.cfg.batch // self.world)
                 lr = self.optimizer.param_groups[0]["lr"]
-                train = self.run_epoch(self.train_model, self.train_loader, True, f"{self.epoch + 1}/{self.cfg.epochs}")
+                train = self.train_epoch()
                 self.start_batch, self._batch = 0, -1  # -1: this epoch's training is done
-                val = self.run_epoch(self.ema.module if self.ema else self.model, self.val_loader, False, "val")
+                val = self.validate()
                 self.metrics = {
-                    "epoch": self.epoch + 1,
-                    **{f"train/{k}": v for k, v in train.items() if isinstance(v, float) and k != "img_s"},
-                    **{f"val/{k}": v for k, v in val.items() if isinstance(v, float)},
+                    "epoch": epoch + 1,
+                    **{f"train/{k}": v for k, v in train.items() if k not in ("img_s", "skipped")},
+                    **{f"val/{k}": v for k, v in val.items() if k != "skipped"},
                     "lr": lr,
                     "img_s": train["img_s"],
                     "skipped": train["skipped"] + val["skipped"],
                 }
                 log(self.metrics)
+                self.task.on_epoch_end(self, epoch, self.metrics)
                 fitness = self.metrics[self.task.fitness]
                 if fitness > self.best:
                     self.best = fitness
-                    self.save("best.pt", epoch=self.epoch + 1, full=False)
-                self.save("last.pt", epoch=self.epoch + 1)
+                    self.save("best.pt", epoch=epoch + 1, full=False)
+                self.save("last.pt", epoch=epoch + 1)
         except KeyboardInterrupt:  # interrupted in validation: keep the trained epoch, skip its metrics row
             done = self._batch == -1
             self.save("last.pt", epoch=self.epoch + done, batch=0 if done else self._batch)
             if self.main:
                 print(f"interrupted: saved {self.wdir / 'last.pt'}; continue with --resume")
             raise
-        finally:
-            self._finish()
-        return self.metrics
 
     # ---- logging ------------------------------------------------------------------------------------------------
     def _start_logging(self, resumed: bool) -> Callable[[dict], None]:
@@ -436,7 +502,7 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter
 
         self.save_dir.mkdir(parents=True, exist_ok=True)
-        (self.save_dir / "args.yaml").write_text(yaml.safe_dump(self.args, sort_keys=False))
+        atomic_write(self.save_dir / "args.yaml", lambda f: f.write(yaml.safe_dump(self.args, sort_keys=False)), "w")
         csv_path = self.save_dir / "results.csv"
         if resumed and csv_path.exists():  # drop rows after the checkpoint (killed between csv and checkpoint)
             rows = [r for r in csv.DictReader(csv_path.open()) if int(r["epoch"]) <= self.start_epoch]
@@ -460,13 +526,15 @@ class Trainer:
 
         return log
 
-    def _finish(self) -> None:
+    def _finish(self, ok: bool) -> None:
         if self.main and self.writer is not None:
             self.writer.close()
             from cspnet.engine.plots import plot_results
 
             if (self.save_dir / "results.csv").exists():
                 plot_results(self.save_dir / "results.csv")
+        if self.run is not None:  # a fresh run folder that never got a checkpoint is removed, so the name is free
+            self.run.release(keep=ok or bool(self.saved))
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
