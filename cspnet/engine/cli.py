@@ -1,225 +1,267 @@
-"""`cspnet classify train|val|predict`: the classification task on the engine, from the command line."""
+"""`cspnet <task> train|val|predict` for every registered task: the shared train options, run folders and resume.
+
+A task brings its settings dataclass, its own options and its val/predict commands (a `TaskSpec`); everything
+about *how* to train (TrainCfg), where runs go and how they resume is here, once.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import logging
+import os
 from pathlib import Path
 
-import torch
-
-from cspnet.engine.tasks.classify import ClassifyCfg, ClassifyTask, model_from_meta
+from cspnet.engine import dist
+from cspnet.engine.registry import TASK_MODULES, TaskSpec, get_task
+from cspnet.engine.run import RunDir, claim_run, hold_run, run_dir_of
 from cspnet.engine.trainer import TrainCfg, Trainer
-from cspnet.errors import ConfigError, InputError
+from cspnet.errors import ConfigError, CspnetError, InputError
 
-TASK_FIELDS = {f.name for f in dataclasses.fields(ClassifyCfg)}
-TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainCfg)}
-RUNTIME = ("workers", "device")  # may change on --resume; everything else comes from the checkpoint
+TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainCfg)} - {"save_dir"}
+RESUME_SAFE = ("epochs", "workers", "device")  # TrainCfg fields a --resume may change
 
 
-def run_dir(project: str, name: str | None, exist_ok: bool) -> Path:
-    """runs/classify/NAME; without a name exp, exp2, exp3, ..."""
-    if name:
-        d = Path(project) / name
-        if d.exists() and not exist_ok:
-            raise ConfigError(
-                f"run folder {d} exists; pass --resume to continue it, --exist-ok to reuse it, or another --name"
-            )
-        return d
-    for i in range(1, 10_000):
-        d = Path(project) / ("exp" if i == 1 else f"exp{i}")
-        if not d.exists():
-            return d
-    raise ConfigError(f"too many runs in {project}; pass --name")
+# ---- argparse types (parse-time checks: one line, exit 2, before any work) --------------------------------------
+def positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} must be at least 1")
+    return v
+
+
+def non_negative_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{v} must be 0 or more")
+    return v
+
+
+def positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"{s} must be a finite number above 0")
+    return v
+
+
+def non_negative_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"{s} must be a finite number, 0 or more")
+    return v
+
+
+def fraction(s: str) -> float:
+    v = non_negative_float(s)
+    if v > 1:
+        raise argparse.ArgumentTypeError(f"{s} must be between 0 and 1")
+    return v
+
+
+def output_file(s: str) -> str:
+    """A file to write: its folder must exist (checked before the work, so no result is computed for nothing)."""
+    p = Path(s)
+    if p.is_dir():
+        raise argparse.ArgumentTypeError(f"{s} is a folder; pass a file path")
+    if not p.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"folder {p.parent} does not exist; create it first")
+    return s
+
+
+# ---- train ------------------------------------------------------------------------------------------------------
+def add_train_args(p: argparse.ArgumentParser, defaults: dict | None = None, project: str = "runs/exp") -> None:
+    """The options every task's `train` shares: how to train (TrainCfg), the run folder, resume.
+
+    Defaults are None in the namespace (so --resume can tell what was given); the help shows the real default.
+    """
+    d = {**dataclasses.asdict(TrainCfg()), **(defaults or {})}
+    p.add_argument("--epochs", type=positive_int, help=f"default {d['epochs']}")
+    p.add_argument("--batch", type=positive_int, help=f"total batch over all processes (default {d['batch']})")
+    p.add_argument("--lr", type=positive_float, help=f"default {d['lr']}")
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), help=f"default {d['optimizer']}")
+    p.add_argument("--momentum", type=fraction, help=f"default {d['momentum']}")
+    p.add_argument(
+        "--weight-decay",
+        type=non_negative_float,
+        help=f"default {d['weight_decay']}; the task's param groups decide where (classify: not on norms and biases)",
+    )
+    p.add_argument("--warmup-epochs", type=non_negative_float, help=f"default {d['warmup_epochs']}")
+    p.add_argument("--min-lr", type=fraction, help=f"final lr as a fraction of --lr, cosine (default {d['min_lr']})")
+    p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), help="auto (default): fp16 on CUDA, off on CPU")
+    p.add_argument("--no-ema", dest="ema", action="store_const", const=False, help="no EMA of the weights")
+    p.add_argument("--ema-decay", type=fraction, help=f"default {d['ema_decay']}")
+    p.add_argument("--accumulate", type=positive_int, help=f"batches per optimizer step (default {d['accumulate']})")
+    p.add_argument("--channels-last", action="store_const", const=True)
+    p.add_argument("--seed", type=non_negative_int, help=f"default {d['seed']}")
+    p.add_argument("--deterministic", action="store_const", const=True, help="deterministic algorithms (exact resume)")
+    p.add_argument("--workers", type=non_negative_int, help=f"data loader processes (default {d['workers']})")
+    p.add_argument("--device", help="auto, cpu, cuda (default auto)")
+    p.add_argument("--sync-bn", action="store_const", const=True, help="SyncBatchNorm under torchrun (CUDA only)")
+    p.add_argument("--project", default=project, help=f"folder of runs (default {project})")
+    p.add_argument(
+        "--name",
+        default=None,
+        help="run folder under --project; an existing one is an error (no overwrite, no silent rename) "
+        "unless --exist-ok or --resume. Default: the next free exp, exp2, ...",
+    )
+    p.add_argument("--exist-ok", action="store_true", help="reuse an existing run folder")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="last",
+        default=None,
+        help="continue --name's last.pt, or PATH/TO/last.pt (the run folder is where that file is now); "
+        "--epochs, --data, --workers and --device may change, other options must match the run",
+    )
+
+
+def _flag(k: str) -> str:
+    return "--" + k.replace("_", "-")
+
+
+def _resume_values(spec: TaskSpec, ckpt_path: Path, ckpt: dict, given: dict) -> dict:
+    """The saved settings, with the changes a resume may make applied (and said) and the others refused."""
+    saved = ckpt["args"]
+    if "model" in given and "model" in saved and given["model"] != saved["model"]:
+        raise InputError(
+            f"{ckpt_path} was trained as {saved['model']}, not {given['model']}; drop --model to resume it"
+        )
+    changed = {k: v for k, v in given.items() if k in saved and saved[k] != v}
+    unsafe = [k for k in changed if k not in (*RESUME_SAFE, *spec.resume_safe)]
+    if unsafe:
+        was = ", ".join(f"{_flag(k)} {changed[k]} (run: {saved[k]})" for k in unsafe)
+        raise ConfigError(
+            f"--resume continues the run as trained; {was} cannot change mid-run: drop it, or start a new run "
+            f"from these weights with --weights {ckpt_path}"
+        )
+    done = int(ckpt.get("epoch", 0))
+    if "epochs" in changed and changed["epochs"] <= done:
+        raise ConfigError(f"{ckpt_path} has trained {done} epochs; pass --epochs above {done} to train longer")
+    if done >= int(saved.get("epochs", 0)) and "epochs" not in changed:
+        raise ConfigError(f"{ckpt_path} finished its {done} epochs; pass --epochs above {done} to train longer")
+    said = [f"{_flag(k)} {changed[k]} (was {saved[k]})" for k in changed if k not in ("workers", "device")]
+    if said and dist.is_main():
+        print(f"resume: applying {', '.join(said)}", flush=True)
+    return {**saved, **changed}
+
+
+def _claim(project: str, name: str | None, exist_ok: bool) -> RunDir | None:
+    """Rank 0 takes the run folder; under torchrun the others learn its path (or rank 0's error)."""
+    run, msg = None, None
+    if dist.is_main():
+        try:
+            run = claim_run(project, name, exist_ok)
+        except CspnetError as e:
+            msg = str(e)
+    path, msg = dist.broadcast((str(run.path) if run else None, msg))
+    if msg:
+        raise ConfigError(msg)
+    return run if run else _Elsewhere(Path(path))
+
+
+class _Elsewhere:
+    """The run folder held by rank 0 (other ranks only need its path)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def release(self, keep: bool = True) -> None:
+        pass
 
 
 def build_trainer(args: argparse.Namespace) -> tuple[Trainer, str | None]:
-    """The Trainer a `classify train` command line asks for, and the checkpoint to resume from (or None)."""
+    """The Trainer a `<task> train` command line asks for, and the checkpoint to resume from (or None)."""
+    spec: TaskSpec = args.task_spec
+    task_fields = {f.name for f in dataclasses.fields(spec.cfg)}
+    given = {k: v for k, v in vars(args).items() if k in task_fields | TRAIN_FIELDS and v is not None}
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        dist.setup(given.get("device", "auto"))  # the process group first: rank 0 shares the run folder
     resume = None
     if args.resume:
-        resume = Path(args.resume) if args.resume != "last" else None
-        if resume is None:
+        from cspnet.engine.checkpoint import load_checkpoint
+
+        if args.resume == "last":
             if not args.name:
                 raise ConfigError("--resume needs --name RUN (or --resume PATH/TO/last.pt)")
             resume = Path(args.project) / args.name / "weights" / "last.pt"
-        from cspnet.engine.checkpoint import load_checkpoint
-
-        saved = load_checkpoint(resume)["args"]
-        if args.model and args.model != saved["model"]:
-            raise InputError(f"{resume} was trained as {saved['model']}, not {args.model}; drop --model to resume it")
-        values = {**saved, **{k: getattr(args, k) for k in RUNTIME if getattr(args, k) is not None}}
+            if not resume.is_file():
+                raise ConfigError(f"{resume} not found: run {args.name!r} has no checkpoint to resume; start it anew")
+        else:
+            resume = Path(args.resume)
+        ckpt = load_checkpoint(resume)
+        if ckpt.get("task") != spec.name or not isinstance(ckpt.get("args"), dict):
+            raise InputError(f"{resume} is not a checkpoint of `cspnet {spec.name} train`; pass its last.pt")
+        values = _resume_values(spec, resume, ckpt, given)
+        folder = run_dir_of(resume)
+        run = hold_run(folder) if dist.is_main() else _Elsewhere(folder)
     else:
-        if not args.model or not args.data:
-            raise ConfigError("classify train needs --model and --data (or --resume)")
-        values = {k: v for k, v in vars(args).items() if k in TASK_FIELDS | TRAIN_FIELDS and v is not None}
-        values["save_dir"] = str(run_dir(args.project, args.name, args.exist_ok))
-    task_args = {k: v for k, v in values.items() if k in TASK_FIELDS}
-    cfg = TrainCfg(**{k: v for k, v in values.items() if k in TRAIN_FIELDS})
-    return Trainer(ClassifyTask(ClassifyCfg(**task_args)), cfg), (str(resume) if resume else None)
+        missing = [_flag(k) for k in spec.required if k not in given]
+        if missing:
+            raise ConfigError(f"{spec.name} train needs {' and '.join(missing)} (or --resume)")
+        defaults = {**dataclasses.asdict(TrainCfg()), **spec.train_defaults}
+        values = {**defaults, **{f.name: getattr(spec.cfg(), f.name) for f in dataclasses.fields(spec.cfg)}, **given}
+        run = _claim(args.project, args.name, args.exist_ok)
+    values["save_dir"] = str(run.path)
+    try:
+        task = spec.task(spec.cfg(**{k: v for k, v in values.items() if k in task_fields}))
+        cfg = TrainCfg(**{k: v for k, v in values.items() if k in TRAIN_FIELDS | {"save_dir"}})
+        trainer = Trainer(task, cfg, run=run)
+    except BaseException:
+        run.release(keep=False)
+        raise
+    return trainer, (str(resume) if resume else None)
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
     trainer, resume = build_trainer(args)
     metrics = trainer.fit(resume=resume)
     if trainer.main:
-        print(
-            f"done: {trainer.save_dir} ({', '.join(f'{k}={v:.4g}' for k, v in metrics.items() if k.startswith('val/'))})"
-        )
+        vals = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith("val/"))
+        print(f"done: {trainer.save_dir} ({vals})")
     return 0
 
 
-def load_classifier(weights: str) -> tuple[torch.nn.Module, dict]:
-    """A trained classifier (EMA weights when present) and its meta (model, classes, img) from a checkpoint."""
-    from cspnet.engine.checkpoint import load_checkpoint
-    from cspnet.models.weights import load_into
-
-    ckpt = load_checkpoint(weights)
-    meta = ckpt.get("meta")
-    if ckpt.get("task") != "classify" or not meta:
-        raise InputError(f"{weights} is not a classification checkpoint from `cspnet classify train`")
-    model = model_from_meta(meta)
-    load_into(model, ckpt["model_ema"] or ckpt["model"], str(weights))
-    return model.eval(), meta
+def add_eval_args(p: argparse.ArgumentParser, data_help: str = "dataset") -> None:
+    """Options a `val` command shares: weights, data, batch, workers, device, amp, img."""
+    p.add_argument("--weights", required=True, help="best.pt or last.pt of a training run")
+    p.add_argument("--data", required=True, help=data_help)
+    p.add_argument("--img", type=positive_int, default=None, help="image size (default: the training size)")
+    p.add_argument("--batch", type=positive_int, default=64)
+    p.add_argument("--workers", type=non_negative_int, default=2)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="off")
 
 
-def _cmd_val(args: argparse.Namespace) -> int:
-    from torch.utils.data import DataLoader
-
-    from cspnet.data import open_split
-
-    model, meta = load_classifier(args.weights)
-    img = args.img or meta["img"]
-    task = ClassifyTask(ClassifyCfg(model=meta["model"], data=args.data, img=img))
-    from cspnet.data import eval_transform
-
-    ds = open_split(args.data, args.split, eval_transform(img))
-    if ds.classes != meta["classes"]:
-        raise InputError(
-            f"{args.weights} was trained on {len(meta['classes'])} classes, {ds.where} has {len(ds.classes)} "
-            f"({'different names' if len(ds.classes) == len(meta['classes']) else 'another count'}); fine-tune first "
-            "with `cspnet classify train --weights W` (it resets the classifier, as model.reset_classifier(n))"
-        )
-    loader = DataLoader(ds, args.batch, num_workers=args.workers, collate_fn=task.collate(False))
-    trainer = Trainer(
-        task, TrainCfg(batch=args.batch, device=args.device or "auto", amp=args.amp, workers=args.workers)
-    )
-    m = trainer.evaluate(model, loader)
-    if args.json:
-        print(json.dumps({k: m[k] for k in ("loss", "top1", "top5", "per_class", "skipped")} | {"classes": ds.classes}))
-    else:
-        print(f"{meta['model']} on {ds.where} ({len(ds)} images, {m['skipped']} skipped)")
-        print(f"top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  loss {m['loss']:.4f}")
-        width = max(len(c) for c in ds.classes)
-        print(f"{'class':<{width}}  {'images':>6}  top-1")
-        for c, acc, row in zip(ds.classes, m["per_class"], m["confusion"]):
-            print(f"{c:<{width}}  {sum(row):>6}  {acc:6.2f}")
-    if args.confusion:
-        from cspnet.engine.plots import plot_confusion
-
-        print(f"confusion matrix: {plot_confusion(m['confusion'], ds.classes, args.confusion)}")
-    return 0
-
-
-@torch.no_grad()
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from PIL import Image
-
-    from cspnet.data import eval_transform
-
-    model, meta = load_classifier(args.weights)
-    tf = eval_transform(args.img or meta["img"])
-    results, skipped = [], 0
-    for path in args.images:
-        try:
-            with Image.open(path) as im:
-                x = tf(im.convert("RGB"))
-        except Exception as e:  # PIL raises many types for bad files
-            logging.getLogger("cspnet.data").warning(f"skipping unreadable image {path}: {type(e).__name__}: {e}")
-            skipped += 1
-            continue
-        probs = model(x[None]).softmax(1)[0]
-        p, i = probs.topk(min(args.topk, len(probs)))
-        top = [{"class": meta["classes"][j], "prob": round(float(q), 6)} for q, j in zip(p, i)]
-        results.append({"image": str(path), "top": top})
-        print(f"{path}: " + ", ".join(f"{t['class']} {t['prob']:.3f}" for t in top))
-    if not results:
-        raise InputError(f"none of the {len(args.images)} images could be read; pass JPEG/PNG files")
-    if skipped:
-        print(f"skipped {skipped} unreadable image(s)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
-        print(f"wrote {args.json}")
-    return 0
-
-
-def _train_args(p: argparse.ArgumentParser) -> None:
-    d = TrainCfg()
-    c = ClassifyCfg()
-    p.add_argument("--model", help="zoo model, e.g. cspresnet50 (see `cspnet models`)")
-    p.add_argument("--data", help="folder or .zip holding train/<class>/*.jpg and val/ (or test/)")
-    p.add_argument("--img", type=int, default=c.img, help="training and validation image size")
-    p.add_argument("--small-input", action="store_true", help="stem without early downsampling (32x32 images)")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch", type=int, default=d.batch, help="total batch over all processes")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--optimizer", choices=("sgd", "adamw"), default=d.optimizer)
-    p.add_argument("--momentum", type=float, default=d.momentum)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="not applied to norms and biases")
-    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
-    p.add_argument("--min-lr", type=float, default=d.min_lr, help="final lr as a fraction of --lr (cosine)")
-    p.add_argument(
-        "--amp", choices=("auto", "off", "bf16", "fp16"), default=d.amp, help="auto: fp16 on CUDA, off on CPU"
-    )
-    p.add_argument("--no-ema", dest="ema", action="store_false", help="no EMA of the weights")
-    p.add_argument("--ema-decay", type=float, default=d.ema_decay)
-    p.add_argument("--accumulate", type=int, default=d.accumulate, help="batches per optimizer step")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (exact resume)")
-    p.add_argument("--workers", type=int, default=None, help=f"data loader processes (default {d.workers})")
-    p.add_argument("--device", default=None, help="auto, cpu, cuda (default auto)")
-    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under torchrun (CUDA only)")
-    p.add_argument("--subset", type=int, default=None, help="train on a random N training images")
-    p.add_argument("--val-subset", type=int, default=None, help="validate on a random N images")
-    p.add_argument("--scale", type=float, default=c.scale, help="smallest area of the random resized crop")
-    p.add_argument("--randaugment", action="store_true")
-    p.add_argument("--mixup", type=float, default=c.mixup, help="MixUp alpha (0: off)")
-    p.add_argument("--cutmix", type=float, default=c.cutmix, help="CutMix alpha (0: off)")
-    p.add_argument("--label-smoothing", type=float, default=c.label_smoothing)
-    p.add_argument("--weights", default=None, help="initial weights; another class count gets a fresh classifier")
-    p.add_argument("--project", default="runs/classify")
-    p.add_argument("--name", default=None, help="run folder name under --project (default exp, exp2, ...)")
-    p.add_argument("--exist-ok", action="store_true", help="reuse an existing run folder")
-    p.add_argument("--resume", nargs="?", const="last", default=None, help="continue --name's last.pt, or PATH")
+def add_task_parser(sub: argparse._SubParsersAction, spec: TaskSpec) -> argparse.ArgumentParser:
+    """`cspnet <task>` with train (shared options + the task's), and the task's val and predict."""
+    p = sub.add_parser(spec.name, help=spec.help)
+    p.set_defaults(task_spec=spec)
+    tsub = p.add_subparsers(dest="action", required=True)
+    t = tsub.add_parser("train", help=f"train a {spec.name} model (also under torchrun --nproc_per_node N)")
+    if spec.add_train_args:
+        spec.add_train_args(t)
+    add_train_args(t, spec.train_defaults, project=f"runs/{spec.name}")
+    t.set_defaults(func=cmd_train)
+    for action, add, cmd in (("val", spec.add_val_args, spec.val), ("predict", spec.add_predict_args, spec.predict)):
+        if cmd is not None:
+            a = tsub.add_parser(action, help=(cmd.__doc__ or "").strip().split("\n")[0])
+            if add:
+                add(a)
+            a.set_defaults(func=cmd)
+    return p
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("classify", help="train, validate and predict image classifiers")
-    tsub = p.add_subparsers(dest="action", required=True)
-
-    t = tsub.add_parser("train", help="train a zoo model (also under torchrun --nproc_per_node N)")
-    _train_args(t)
-    t.set_defaults(func=_cmd_train)
-
-    v = tsub.add_parser("val", help="top-1, top-5, loss and per-class accuracy of a checkpoint")
-    v.add_argument("--weights", required=True, help="best.pt or last.pt of a classify run")
-    v.add_argument("--data", required=True, help="folder or .zip with <split>/<class>/*.jpg")
-    v.add_argument("--split", default="val", help="split folder (val falls back to test)")
-    v.add_argument("--img", type=int, default=None, help="image size (default: the training size)")
-    v.add_argument("--batch", type=int, default=64)
-    v.add_argument("--workers", type=int, default=2)
-    v.add_argument("--device", default=None)
-    v.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="off")
-    v.add_argument("--confusion", default=None, metavar="PNG", help="write a confusion-matrix plot")
-    v.add_argument("--json", action="store_true", help="print JSON for scripts")
-    v.set_defaults(func=_cmd_val)
-
-    r = tsub.add_parser("predict", help="top-k classes of images")
-    r.add_argument("--weights", required=True)
-    r.add_argument("images", nargs="+", help="image files")
-    r.add_argument("--topk", type=int, default=5)
-    r.add_argument("--img", type=int, default=None)
-    r.add_argument("--json", default=None, metavar="OUT", help="also write the results as JSON")
-    r.set_defaults(func=_cmd_predict)
+    for name in TASK_MODULES:
+        add_task_parser(sub, get_task(name))

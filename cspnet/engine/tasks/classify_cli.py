@@ -1,0 +1,139 @@
+"""`cspnet classify train|val|predict`: the classification task's options and its val and predict commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from cspnet.engine.cli import add_eval_args, fraction, non_negative_float, output_file, positive_int
+from cspnet.engine.registry import TaskSpec, load_model, register_task
+from cspnet.engine.tasks.classify import ClassifyCfg, ClassifyTask
+from cspnet.errors import InputError
+from cspnet.io import atomic_write
+
+
+def load_classifier(weights: str) -> tuple[torch.nn.Module, dict]:
+    """A trained classifier (EMA weights when present) and its meta (model, classes, img) from a checkpoint."""
+    model, meta, _ = load_model(weights, "classify")
+    return model, meta
+
+
+def cmd_val(args: argparse.Namespace) -> int:
+    """top-1, top-5, loss and per-class accuracy of a checkpoint"""
+    from torch.utils.data import DataLoader
+
+    from cspnet.data import eval_transform, open_split
+    from cspnet.engine import dist
+    from cspnet.engine.trainer import amp_dtype, evaluate
+
+    model, meta = load_classifier(args.weights)
+    img = args.img or meta["img"]
+    task = ClassifyTask(ClassifyCfg(model=meta["model"], data=args.data, img=img))
+    ds = open_split(args.data, args.split, eval_transform(img))
+    if ds.classes != meta["classes"]:
+        raise InputError(
+            f"{args.weights} was trained on {len(meta['classes'])} classes, {ds.where} has {len(ds.classes)} "
+            f"({'different names' if len(ds.classes) == len(meta['classes']) else 'another count'}); fine-tune first "
+            "with `cspnet classify train --weights W` (it resets the classifier, as model.reset_classifier(n))"
+        )
+    loader = DataLoader(ds, args.batch, num_workers=args.workers, collate_fn=task.collate(False))
+    device = dist.setup(args.device)
+    metric = task.metric(False)
+    m = evaluate(model, loader, task, metric, device=device, amp=amp_dtype(args.amp, device))
+    per_class, confusion = metric.per_class, metric.confusion
+    if args.json:
+        out = {k: m[k] for k in ("loss", "top1", "top5", "skipped")} | {"per_class": per_class, "classes": ds.classes}
+        print(json.dumps(out))
+    else:
+        print(f"{meta['model']} on {ds.where} ({len(ds)} images, {m['skipped']} skipped)")
+        print(f"top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  loss {m['loss']:.4f}")
+        width = max(len(c) for c in ds.classes)
+        print(f"{'class':<{width}}  {'images':>6}  top-1")
+        for c, acc, row in zip(ds.classes, per_class, confusion):
+            print(f"{c:<{width}}  {sum(row):>6}  {acc:6.2f}")
+    if args.confusion:
+        from cspnet.engine.plots import plot_confusion
+
+        print(f"confusion matrix: {plot_confusion(confusion, ds.classes, args.confusion)}")
+    return 0
+
+
+@torch.no_grad()
+def cmd_predict(args: argparse.Namespace) -> int:
+    """top-k classes of images"""
+    from cspnet.data import eval_transform, load_image
+
+    model, meta = load_classifier(args.weights)
+    tf = eval_transform(args.img or meta["img"])
+    results, skipped = [], 0
+    for path in args.images:
+        try:
+            x = tf(load_image(path))
+        except Exception as e:  # PIL raises many types for bad files
+            logging.getLogger("cspnet.data").warning(f"skipping unreadable image {path}: {type(e).__name__}: {e}")
+            skipped += 1
+            continue
+        probs = model(x[None]).softmax(1)[0]
+        p, i = probs.topk(min(args.topk, len(probs)))
+        top = [{"class": meta["classes"][j], "prob": round(float(q), 6)} for q, j in zip(p, i)]
+        results.append({"image": str(path), "top": top})
+        print(f"{path}: " + ", ".join(f"{t['class']} {t['prob']:.3f}" for t in top))
+    if not results:
+        raise InputError(f"none of the {len(args.images)} images could be read; pass JPEG/PNG files")
+    if skipped:
+        print(f"skipped {skipped} unreadable image(s)")
+    if args.json:
+        atomic_write(args.json, lambda f: f.write(json.dumps(results, indent=2)), "w")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    c = ClassifyCfg()
+    p.add_argument("--model", help="zoo model, e.g. cspresnet50 (see `cspnet models`)")
+    p.add_argument("--data", help="folder or .zip holding train/<class>/*.jpg and val/ (or test/)")
+    p.add_argument("--img", type=positive_int, help=f"training and validation image size (default {c.img})")
+    p.add_argument("--small-input", action="store_const", const=True, help="stem without early downsampling (32x32)")
+    p.add_argument("--subset", type=positive_int, help="train on a random N training images")
+    p.add_argument("--val-subset", type=positive_int, help="validate on a random N images")
+    p.add_argument("--scale", type=fraction, help=f"smallest area of the random resized crop (default {c.scale})")
+    p.add_argument("--randaugment", action="store_const", const=True)
+    p.add_argument("--mixup", type=non_negative_float, help="MixUp alpha (default 0: off)")
+    p.add_argument("--cutmix", type=non_negative_float, help="CutMix alpha (default 0: off)")
+    p.add_argument("--label-smoothing", type=fraction, help="default 0")
+    p.add_argument("--weights", help="initial weights; another class count gets a fresh classifier")
+
+
+def add_val_args(p: argparse.ArgumentParser) -> None:
+    add_eval_args(p, "folder or .zip with <split>/<class>/*.jpg")
+    p.add_argument("--split", default="val", help="split folder (val falls back to test)")
+    p.add_argument("--confusion", type=output_file, default=None, metavar="PNG", help="write a confusion-matrix plot")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def add_predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", required=True, help="best.pt or last.pt of a classify run")
+    p.add_argument("images", nargs="+", type=Path, help="image files")
+    p.add_argument("--topk", type=positive_int, default=5)
+    p.add_argument("--img", type=positive_int, default=None, help="image size (default: the training size)")
+    p.add_argument("--json", type=output_file, default=None, metavar="OUT", help="also write the results as JSON")
+
+
+SPEC = register_task(
+    TaskSpec(
+        name="classify",
+        task=ClassifyTask,
+        cfg=ClassifyCfg,
+        help="train, validate and predict image classifiers",
+        add_train_args=add_train_args,
+        resume_safe=("data",),
+        add_val_args=add_val_args,
+        val=cmd_val,
+        add_predict_args=add_predict_args,
+        predict=cmd_predict,
+    )
+)
