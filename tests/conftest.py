@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,3 +42,35 @@ def darknet_dir(shared: Path) -> Path:
 def _seed_and_threads():
     torch.manual_seed(0)
     yield
+
+
+def _make_folder(root: Path, splits=("train", "val"), classes=("a", "b"), n=4, size=8, bad: int = 0) -> Path:
+    """root/<split>/<class>/*.jpg with solid colours; `bad` corrupt files in train/<first class>."""
+    for split in splits:
+        for ci, c in enumerate(classes):
+            d = root / split / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.new("RGB", (size, size), (200 * ci, 50 + 10 * i, 100)).save(d / f"{i}.jpg")
+    for i in range(bad):
+        (root / "train" / classes[0] / f"bad{i}.jpg").write_bytes(b"not a jpeg")
+    return root
+
+
+def _zip_folder(folder: Path, path: Path) -> Path:
+    with zipfile.ZipFile(path, "w") as z:
+        for f in sorted(folder.rglob("*")):
+            z.write(f, f.relative_to(folder).as_posix())
+    return path
+
+
+@pytest.fixture
+def make_folder():
+    """make_folder(root, splits=, classes=, n=, size=, bad=) -> root: a tiny image-folder dataset of JPEGs."""
+    return _make_folder
+
+
+@pytest.fixture
+def zip_folder():
+    """zip_folder(folder, path) -> path: the folder as a zip archive."""
+    return _zip_folder

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-from test_data import make_folder
 from torch.utils.data.distributed import DistributedSampler
 
 from cspnet.cli import main
@@ -45,7 +44,7 @@ def train_cmd(data: Path, proj: Path, *extra: str) -> list[str]:
     return [*cmd, "--project", str(proj), *extra]
 
 
-def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, make_folder):
     data = make_folder(tmp_path / "data", n=16, size=32)
     subprocess.run(train_cmd(data, tmp_path, "--name", "full"), env=ENV, check=True, capture_output=True)
 
@@ -78,7 +77,7 @@ open(os.path.join(os.environ["RANK_OUT"], f"rank{trainer.rank}.json"), "w").writ
 """
 
 
-def test_torchrun_two_processes_agree(tmp_path):
+def test_torchrun_two_processes_agree(tmp_path, make_folder):
     data = make_folder(tmp_path / "data", n=16, size=32)
     # rank 0's first batch (4 images: 8 in all over 2 ranks) is unreadable; rank 1's is fine: both must skip it
     files = sorted((data / "train").rglob("*.jpg"), key=lambda f: (f.parent.name, f.name))

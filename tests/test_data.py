@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import zipfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,27 +12,7 @@ from cspnet.data import Collate, ZipImageDataset, batch_mix, eval_transform, ope
 from cspnet.errors import InputError
 
 
-def make_folder(root: Path, splits=("train", "val"), classes=("a", "b"), n=4, size=8, bad: int = 0) -> Path:
-    """root/<split>/<class>/*.jpg with solid colours; `bad` corrupt files in train/a."""
-    for split in splits:
-        for ci, c in enumerate(classes):
-            d = root / split / c
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                Image.new("RGB", (size, size), (200 * ci, 50 + 10 * i, 100)).save(d / f"{i}.jpg")
-    for i in range(bad):
-        (root / "train" / classes[0] / f"bad{i}.jpg").write_bytes(b"not a jpeg")
-    return root
-
-
-def zip_folder(folder: Path, path: Path) -> Path:
-    with zipfile.ZipFile(path, "w") as z:
-        for f in sorted(folder.rglob("*")):
-            z.write(f, f.relative_to(folder).as_posix())
-    return path
-
-
-def test_folder_and_zip_read_the_same(tmp_path):
+def test_folder_and_zip_read_the_same(tmp_path, make_folder, zip_folder):
     folder = make_folder(tmp_path / "ds")
     z = zip_folder(folder, tmp_path / "ds.zip")
     a, b = open_split(folder, "train", eval_transform(8)), open_split(z, "train", eval_transform(8))
@@ -45,12 +23,12 @@ def test_folder_and_zip_read_the_same(tmp_path):
     assert a[5][0].shape == (3, 8, 8)
 
 
-def test_val_falls_back_to_test(tmp_path):
+def test_val_falls_back_to_test(tmp_path, make_folder):
     ds = open_split(make_folder(tmp_path, splits=("train", "test")), "val")
     assert ds.where.endswith("test")
 
 
-def test_missing_and_empty_splits_are_clear_errors(tmp_path):
+def test_missing_and_empty_splits_are_clear_errors(tmp_path, make_folder):
     root = make_folder(tmp_path / "ds", splits=("train",))
     with pytest.raises(InputError, match="no 'val' split"):
         open_split(root, "val")
@@ -64,7 +42,7 @@ def test_missing_and_empty_splits_are_clear_errors(tmp_path):
         open_split(tmp_path / "x.zip", "train")
 
 
-def test_unreadable_images_are_skipped_named_and_counted(tmp_path, caplog):
+def test_unreadable_images_are_skipped_named_and_counted(tmp_path, caplog, make_folder, zip_folder):
     z = zip_folder(make_folder(tmp_path / "ds", bad=2), tmp_path / "ds.zip")
     ds = open_split(z, "train", eval_transform(8))
     with caplog.at_level(logging.WARNING, logger="cspnet.data"):
@@ -86,7 +64,7 @@ def test_train_transform_and_mix():
     assert batch_mix(10) is None
 
 
-def test_subset_is_reproducible(tmp_path):
+def test_subset_is_reproducible(tmp_path, make_folder):
     root = make_folder(tmp_path, n=10)
     a = open_split(root, "train").subset(7, seed=3)
     b = open_split(root, "train").subset(7, seed=3)
@@ -102,3 +80,46 @@ def test_cifar10_zip(shared):
     assert train.classes == test.classes and len(train.classes) == 10
     x, y = test[0]
     assert x.shape == (3, 32, 32) and 0 <= y < 10
+
+
+def _png16(path, values) -> None:
+    """A real 16-bit grayscale PNG (PIL writes mode I;16 as 16-bit PNG)."""
+    import numpy as np
+
+    Image.fromarray(np.asarray(values, dtype=np.uint16)).save(path)
+
+
+def test_load_image_converts_by_range_not_by_clipping(tmp_path, make_folder):
+    import numpy as np
+
+    from cspnet.data import load_image
+
+    ramp = np.linspace(0, 65535, 16 * 16).reshape(16, 16).astype(np.uint16)
+    _png16(tmp_path / "ramp16.png", ramp)
+    assert Image.open(tmp_path / "ramp16.png").mode.startswith("I")  # a real 16-bit file
+    x = np.asarray(load_image(tmp_path / "ramp16.png"))
+    assert x.shape == (16, 16, 3) and x.dtype == np.uint8
+    np.testing.assert_allclose(x[..., 0], ramp / 257.0, atol=0.51)  # scaled, not clipped to white
+    assert (x[..., 0] == x[..., 1]).all() and x.min() == 0 and x.max() == 255
+
+    rgba = Image.new("RGBA", (4, 4), (10, 20, 30, 0))  # fully transparent: the hidden colour must not show
+    rgba.putpixel((0, 0), (10, 20, 30, 255))
+    rgba.save(tmp_path / "a.png")
+    y = np.asarray(load_image(tmp_path / "a.png"))
+    assert tuple(y[0, 0]) == (10, 20, 30) and tuple(y[1, 1]) == (255, 255, 255)
+    pal = Image.new("P", (4, 4), 1)
+    pal.putpalette([0, 0, 0, 200, 100, 50] + [0] * 762)
+    pal.save(tmp_path / "p.png")
+    assert tuple(np.asarray(load_image((tmp_path / "p.png").read_bytes()))[0, 0]) == (200, 100, 50)
+    Image.new("CMYK", (4, 4), (0, 255, 255, 0)).save(tmp_path / "c.jpg")  # pure red in CMYK
+    r, g, b = np.asarray(load_image(tmp_path / "c.jpg"))[0, 0].astype(int)
+    assert r > 200 and g < 60 and b < 60
+    Image.new("LA", (4, 4), (90, 255)).save(tmp_path / "la.png")
+    assert tuple(np.asarray(load_image(tmp_path / "la.png"))[0, 0]) == (90, 90, 90)
+
+    # the datasets read through it: a 16-bit mid-grey image is mid-grey after the transform, not white
+    root = make_folder(tmp_path / "ds", n=1)
+    _png16(root / "train" / "a" / "grey16.png", np.full((8, 8), 32768))
+    ds = open_split(root, "train")
+    img, _ = ds[[r for r, _ in ds.samples].index("a/grey16.png")]
+    assert np.asarray(img).max() == 128

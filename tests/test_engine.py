@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
+import dataclasses
 import json
 import math
 
 import pytest
 import torch
-from test_data import make_folder
 
 from cspnet.cli import main
-from cspnet.engine import NonFiniteLossError, TrainCfg, Trainer, load_checkpoint, save_checkpoint
+from cspnet.engine import (
+    GatherMetric,
+    NonFiniteLossError,
+    TaskBase,
+    TrainCfg,
+    Trainer,
+    evaluate,
+    load_checkpoint,
+    save_checkpoint,
+)
+from cspnet.engine.cli import add_eval_args, add_task_parser
+from cspnet.engine.registry import TaskSpec, load_model, register_task
 from cspnet.engine.tasks.classify import ClassifyCfg, ClassifyTask
 from cspnet.engine.trainer import lr_factor, param_groups
 from cspnet.errors import ConfigError, InputError
@@ -19,7 +31,7 @@ from cspnet.models import create_model
 
 
 @pytest.fixture
-def data(tmp_path):
+def data(tmp_path, make_folder):
     return make_folder(tmp_path / "data", n=16, size=32)  # 32 images: 4 batches of 8
 
 
@@ -72,15 +84,16 @@ def test_fit_writes_the_run_folder(data, tmp_path):
     assert "optimizer" not in torch.load(run / "weights/best.pt", weights_only=True)
 
 
-def test_unreadable_images_are_counted_and_all_bad_stops(tmp_path):
+def test_unreadable_images_are_counted_and_all_bad_stops(tmp_path, make_folder):
     data = make_folder(tmp_path / "d", n=6, size=32, bad=4)  # 16 files: two full batches
     run = tmp_path / "run"
     trainer(data, run, epochs=1).fit()
     assert int(rows(run)[0]["skipped"]) == 4
     for f in (tmp_path / "d" / "val").rglob("*.jpg"):
         f.write_bytes(b"broken")
-    with pytest.raises(InputError, match="every image failed"):
+    with pytest.raises(InputError, match="every image of the validation split .* failed to load"):
         trainer(data, tmp_path / "run2", epochs=1).fit()
+    assert not (tmp_path / "run2").exists()  # checked before training: no epoch was spent
 
 
 def test_bad_settings_are_config_errors(data, tmp_path):
@@ -97,13 +110,13 @@ class NanAfter(ClassifyTask):
 
     calls = 0
 
-    def forward(self, model, batch, train):
-        loss, stats = super().forward(model, batch, train)
-        if train:
+    def loss(self, preds, batch):
+        loss, items = super().loss(preds, batch)
+        if torch.is_grad_enabled():
             NanAfter.calls += 1
             if NanAfter.calls >= 6:
                 loss = loss * float("nan")
-        return loss, stats
+        return loss, items
 
 
 def test_nan_loss_stops_and_last_keeps_the_good_state(data, tmp_path):
@@ -139,7 +152,7 @@ def test_ctrl_c_saves_last_and_resume_finishes(data, tmp_path):
     assert load_checkpoint(run / "weights/last.pt")["epoch"] == 3
 
 
-def test_cli_train_val_predict_and_errors(data, tmp_path, capsys):
+def test_cli_train_val_predict_and_errors(data, tmp_path, capsys, make_folder):
     proj = str(tmp_path / "runs")
     base = ["classify", "train", "--data", str(data), "--img", "32", "--batch", "8", "--workers", "0"]
     assert main([*base, "--model", "resnet10", "--epochs", "1", "--project", proj, "--name", "r"]) == 0
@@ -190,3 +203,254 @@ def test_cli_train_val_predict_and_errors(data, tmp_path, capsys):
     assert "exists" in capsys.readouterr().err
     assert main([*base[:2], "--model", "resnet10", "--data", str(tmp_path / "none")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+# ---- a second task plugs in without touching the trainer: per-image regression of the mean pixel value ----------
+@dataclasses.dataclass
+class MeanCfg:
+    n: int = 32  # images per split
+    img: int = 8
+    width: int = 8
+
+
+class NoiseImages(torch.utils.data.Dataset):
+    """Random images of random brightness; the target is their mean pixel value."""
+
+    def __init__(self, n: int, img: int, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.rand(n, 3, img, img, generator=g) * torch.rand(n, 1, 1, 1, generator=g)
+        self.where = f"noise(seed={seed})"
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i], self.x[i].mean()
+
+
+class R2(GatherMetric):
+    """Keeps every (prediction, target) pair and evaluates once: R^2 and MAE (a stand-in for COCOeval)."""
+
+    def records(self, preds, batch):
+        return list(zip(preds.tolist(), batch["targets"].tolist()))
+
+    def evaluate(self, records):
+        p, t = torch.tensor(records, dtype=torch.float64).T
+        return {"mae": float((p - t).abs().mean()), "r2": float(1 - ((p - t) ** 2).sum() / ((t - t.mean()) ** 2).sum())}
+
+
+class MeanTask(TaskBase):
+    name = "meanpix"
+    fitness = "val/r2"
+    calls: dict = {}  # hook -> arguments seen (class-level: the CLI builds the task)
+
+    def datasets(self):
+        return NoiseImages(self.cfg.n, self.cfg.img, 0), NoiseImages(self.cfg.n // 2, self.cfg.img, 1)
+
+    def collate(self, train):
+        def collate(items):
+            x, y = zip(*items)
+            return {"images": torch.stack(x), "targets": torch.stack(y), "skipped": 0}
+
+        return collate
+
+    def meta(self):
+        return {"width": self.cfg.width, "img": self.cfg.img}
+
+    @staticmethod
+    def model_from_meta(meta):
+        w = meta["width"]
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(3, w, 3, padding=1),
+            torch.nn.BatchNorm2d(w),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+            torch.nn.Linear(w, 1),
+        )
+
+    def build_model(self):
+        return self.model_from_meta(self.meta())
+
+    def forward(self, model, batch, train):
+        return model(batch["images"]).squeeze(1).float()
+
+    def loss(self, preds, batch):
+        mse = torch.nn.functional.mse_loss(preds, batch["targets"])
+        return mse, {"mse": mse.detach()}
+
+    def metric(self, train):
+        return None if train else R2()
+
+    def param_groups(self, model, weight_decay):  # the head learns 3x faster than the rest
+        head = list(model[-1].parameters())
+        rest = [p for p in model.parameters() if all(p is not h for h in head)]
+        MeanTask.calls.setdefault("param_groups", []).append(len(head))
+        return [{"params": rest}, {"params": head, "lr": 3 * 0.01}]
+
+    def preprocess(self, batch, train):  # multi-scale: a random size per training batch, on the device
+        if train:
+            size = int(torch.randint(6, 11, ()))
+            batch["images"] = torch.nn.functional.interpolate(batch["images"], size=size, mode="bilinear")
+            MeanTask.calls.setdefault("sizes", set()).add(size)
+        return batch
+
+    def on_epoch_start(self, trainer, epoch):
+        MeanTask.calls.setdefault("epochs", []).append(epoch)
+
+
+def mean_val(args) -> int:
+    """val for the toy task: the generic pieces, load_model and evaluate, without a Trainer."""
+    model, meta, _ = load_model(args.weights, "meanpix")
+    task = MeanTask(MeanCfg(img=meta["img"], width=meta["width"]))
+    loader = torch.utils.data.DataLoader(task.datasets()[1], 5, collate_fn=task.collate(False))
+    print(json.dumps(evaluate(model, loader, task, device="cpu", progress=False)))
+    return 0
+
+
+def mean_args(p):
+    p.add_argument("--n", type=int)
+    p.add_argument("--width", type=int)
+
+
+MEAN = TaskSpec(
+    "meanpix", MeanTask, MeanCfg, add_train_args=mean_args, required=(), add_val_args=add_eval_args, val=mean_val
+)
+
+
+def test_toy_regression_task_trains_resumes_and_validates_through_the_generic_cli(tmp_path, capsys):
+    register_task(MEAN)
+    parser = argparse.ArgumentParser()
+    add_task_parser(parser.add_subparsers(), MEAN)
+
+    def run(*argv):
+        args = parser.parse_args(argv)
+        return args.func(args)
+
+    MeanTask.calls.clear()
+    common = ("--batch", "8", "--lr", "0.01", "--workers", "0", "--project", str(tmp_path), "--name", "r")
+    assert run("meanpix", "train", "--epochs", "2", *common) == 0
+    run_dir = tmp_path / "r"
+    r = rows(run_dir)
+    assert [x["epoch"] for x in r] == ["1", "2"] and {"train/mse", "val/mse", "val/r2", "val/mae"} <= set(r[0])
+    assert MeanTask.calls["epochs"] == [0, 1] and MeanTask.calls["param_groups"] == [2]
+    assert len(MeanTask.calls["sizes"]) > 1  # the preprocess hook ran per batch
+    opt = load_checkpoint(run_dir / "weights/last.pt")["optimizer"]
+    assert [g["lr"] for g in opt["param_groups"]][1] > [g["lr"] for g in opt["param_groups"]][0]  # its own groups
+
+    assert run("meanpix", "train", "--resume", "--epochs", "3", *common) == 0
+    assert "resume: applying --epochs 3 (was 2)" in capsys.readouterr().out
+    assert [x["epoch"] for x in rows(run_dir)] == ["1", "2", "3"] and MeanTask.calls["epochs"] == [0, 1, 2]
+
+    best_epoch = max(rows(run_dir), key=lambda x: float(x["val/r2"]))
+    assert run("meanpix", "val", "--weights", str(run_dir / "weights/best.pt"), "--data", "-") == 0
+    m = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert m["r2"] == pytest.approx(float(best_epoch["val/r2"]), rel=1e-6)  # val without a Trainer = training's val
+    assert m["mse"] == pytest.approx(float(best_epoch["val/mse"]), rel=1e-6) and m["skipped"] == 0
+
+
+# ---- run folders, resume and bad input (issue 9) ------------------------------------------------------------------
+def classify_argv(data, proj, *extra):
+    base = ["classify", "train", "--model", "resnet10", "--data", str(data), "--img", "32", "--batch", "8"]
+    return [*base, "--workers", "0", "--epochs", "1", "--project", str(proj), *extra]
+
+
+def test_resume_writes_where_the_checkpoint_is_now_and_applies_only_safe_changes(data, tmp_path, capsys):
+    proj = tmp_path / "runs"
+    assert main(classify_argv(data, proj, "--name", "x")) == 0
+    (proj / "x").rename(proj / "x_old")  # the user moves the run away, then starts a new x
+    assert main(classify_argv(data, proj, "--name", "x")) == 0
+    new_args = (proj / "x" / "args.yaml").read_text()
+    moved = data.rename(tmp_path / "moved")  # and moves the dataset
+
+    capsys.readouterr()
+    resume = ["--name", "x_old", "--resume", "--data", str(moved), "--epochs", "2"]
+    assert main(classify_argv(moved, proj, *resume)) == 0
+    out = capsys.readouterr().out
+    assert f"resume: applying --data {moved} (was {data}), --epochs 2 (was 1)" in out
+    assert [r["epoch"] for r in rows(proj / "x_old")] == ["1", "2"]
+    assert load_checkpoint(proj / "x_old/weights/last.pt")["epoch"] == 2
+    # the new x is untouched: one row, its own checkpoint and args
+    assert [r["epoch"] for r in rows(proj / "x")] == ["1"] and load_checkpoint(proj / "x/weights/last.pt")["epoch"] == 1
+    assert (proj / "x" / "args.yaml").read_text() == new_args
+
+    last = str(proj / "x_old/weights/last.pt")
+    assert main(classify_argv(moved, proj, "--resume", last, "--epochs", "3", "--img", "64", "--lr", "0.5")) == 2
+    err = capsys.readouterr().err
+    assert "--img 64 (run: 32), --lr 0.5 (run: 0.1) cannot change mid-run" in err and err.count("\n") == 1
+    assert main(classify_argv(moved, proj, "--resume", last, "--epochs", "2")) == 2
+    assert "finished its 2 epochs; pass --epochs above 2" in capsys.readouterr().err
+
+
+def test_run_folder_is_taken_atomically_and_locked(tmp_path):
+    from cspnet.engine.run import claim_run, hold_run
+
+    first = claim_run(tmp_path, "same")
+    with pytest.raises(ConfigError, match="exists .*pass --exist-ok"):  # the second of two runs started at once
+        claim_run(tmp_path, "same")
+    with pytest.raises(ConfigError, match="in use by another training"):  # --exist-ok or --resume meanwhile
+        claim_run(tmp_path, "same", exist_ok=True)
+    with pytest.raises(ConfigError, match="in use by another training"):
+        hold_run(tmp_path / "same")
+    first.release()
+    hold_run(tmp_path / "same").release()  # free again once the first run ends
+    assert [claim_run(tmp_path, None).path.name for _ in range(3)] == ["exp", "exp2", "exp3"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        claim_run(tmp_path / "file", "r")
+
+
+def test_a_failed_run_leaves_no_folder_and_the_name_is_free(data, tmp_path, capsys):
+    proj = tmp_path / "runs"
+    assert main(classify_argv(data, proj, "--name", "r", "--amp", "fp16", "--device", "cpu")) == 2  # fails in setup
+    assert "fp16" in capsys.readouterr().err and not (proj / "r").exists()
+    assert main(classify_argv(data, proj, "--name", "r", "--model", "nosuchmodel")) == 2
+    assert not (proj / "r").exists()
+    (proj / "r").mkdir()  # a folder left by an older version: the error says it has no checkpoint
+    assert main(classify_argv(data, proj, "--name", "r")) == 2
+    assert "holds no checkpoint" in capsys.readouterr().err
+    assert main(classify_argv(data, proj, "--name", "r", "--resume")) == 2
+    assert "has no checkpoint to resume" in capsys.readouterr().err
+    (tmp_path / "pfile").write_text("x")
+    assert main(classify_argv(data, tmp_path / "pfile", "--name", "r")) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_one_class_dataset_is_refused(tmp_path, make_folder, capsys):
+    one = make_folder(tmp_path / "one", classes=("cat",), n=8, size=32)
+    assert main(classify_argv(one, tmp_path / "runs", "--name", "r")) == 2
+    assert "one class (cat)" in capsys.readouterr().err and not (tmp_path / "runs" / "r").exists()
+
+
+def test_tampered_checkpoint_metadata_is_one_line(data, tmp_path, capsys):
+    proj = tmp_path / "runs"
+    assert main(classify_argv(data, proj, "--name", "r")) == 0
+    ckpt = load_checkpoint(proj / "r/weights/best.pt")
+    for change, msg in (
+        ({"num_classes": 10**9}, "num_classes=1000000000"),
+        ({"classes": ["a"]}, "lists 1 class names for a 2-class head"),
+        ({"num_classes": 3, "classes": ["a", "b", "c"]}, "do not fit the model"),
+    ):
+        bad = tmp_path / "bad.pt"
+        save_checkpoint({**ckpt, "meta": {**ckpt["meta"], **change}}, bad)
+        capsys.readouterr()
+        assert main(["classify", "val", "--weights", str(bad), "--data", str(data), "--workers", "0"]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["classify", "train", "--img", "0"],
+        ["classify", "train", "--epochs", "-1"],
+        ["classify", "train", "--lr", "nan"],
+        ["classify", "val", "--weights", "w.pt", "--data", "d", "--batch", "0"],
+        ["classify", "predict", "--weights", "w.pt", "x.jpg", "--topk", "-1"],
+        ["classify", "predict", "--weights", "w.pt", "x.jpg", "--json", "no/such/folder/out.json"],
+    ],
+)
+def test_numeric_and_path_arguments_fail_at_parse_time(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and "error: argument" in capsys.readouterr().err
