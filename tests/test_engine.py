@@ -406,6 +406,8 @@ def test_a_failed_run_leaves_no_folder_and_the_name_is_free(data, tmp_path, caps
     assert "fp16" in capsys.readouterr().err and not (proj / "r").exists()
     assert main(classify_argv(data, proj, "--name", "r", "--model", "nosuchmodel")) == 2
     assert not (proj / "r").exists()
+    assert main(classify_argv(data, proj, "--name", "r", "--lr", "1e30")) == 2  # fails in epoch 1, after logging began
+    assert "loss is" in capsys.readouterr().err and not (proj / "r").exists()
     (proj / "r").mkdir()  # a folder left by an older version: the error says it has no checkpoint
     assert main(classify_argv(data, proj, "--name", "r")) == 2
     assert "holds no checkpoint" in capsys.readouterr().err
