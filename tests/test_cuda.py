@@ -80,7 +80,19 @@ def test_torchrun_sync_bn_nccl(tmp_path):
     data = _folder(tmp_path / "data")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "-m", "cspnet.cli"]
     cmd += ["classify", "train", "--model", "resnet10", "--data", str(data), "--img", "32", "--epochs", "1"]
-    cmd += ["--batch", "8", "--workers", "1", "--device", "cuda", "--sync-bn", "--project", str(tmp_path), "--name", "ddp"]
+    cmd += [
+        "--batch",
+        "8",
+        "--workers",
+        "1",
+        "--device",
+        "cuda",
+        "--sync-bn",
+        "--project",
+        str(tmp_path),
+        "--name",
+        "ddp",
+    ]
     r = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "ddp" / "weights" / "last.pt").is_file()

@@ -181,8 +181,8 @@ def test_cli_train_val_predict_and_errors(data, tmp_path, capsys, make_folder):
     img = next((data / "val" / "b").glob("*.jpg"))
     (tmp_path / "bad.jpg").write_bytes(b"x")
     argv = ["classify", "predict", "--weights", str(best), str(img), str(tmp_path / "bad.jpg"), "--topk", "2"]
-    assert main([*argv, "--json", str(tmp_path / "p.json")]) == 0
-    res = json.loads((tmp_path / "p.json").read_text())
+    assert main([*argv, "--json", str(tmp_path / "new" / "p.json")]) == 0  # a missing folder is created
+    res = json.loads((tmp_path / "new" / "p.json").read_text())
     assert len(res) == 1 and {t["class"] for t in res[0]["top"]} == {"a", "b"}
     assert "skipped 1 unreadable" in capsys.readouterr().out
 
@@ -442,17 +442,23 @@ def test_tampered_checkpoint_metadata_is_one_line(data, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "argv",
+    "argv, msg",
     [
-        ["classify", "train", "--img", "0"],
-        ["classify", "train", "--epochs", "-1"],
-        ["classify", "train", "--lr", "nan"],
-        ["classify", "val", "--weights", "w.pt", "--data", "d", "--batch", "0"],
-        ["classify", "predict", "--weights", "w.pt", "x.jpg", "--topk", "-1"],
-        ["classify", "predict", "--weights", "w.pt", "x.jpg", "--json", "no/such/folder/out.json"],
+        (["classify", "train", "--img", "0"], "image size must be a positive"),
+        (["classify", "train", "--epochs", "-1"], "must be a positive integer"),
+        (["classify", "train", "--lr", "nan"], "expected a positive number"),
+        (["classify", "val", "--weights", "w.pt", "--data", "d", "--batch", "0"], "must be a positive integer"),
+        (["classify", "predict", "--weights", "w.pt", "x.jpg", "--topk", "-1"], "must be a positive integer"),
+        (["classify", "predict", "--weights", "w.pt", "x.jpg", "--json", "{file}"], "exists; pass --force"),
     ],
 )
-def test_numeric_and_path_arguments_fail_at_parse_time(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    assert e.value.code == 2 and "error: argument" in capsys.readouterr().err
+def test_numeric_and_output_arguments_are_refused_before_any_work(argv, msg, tmp_path, capsys):
+    (tmp_path / "out.json").write_text("kept")
+    argv = [a.replace("{file}", str(tmp_path / "out.json")) for a in argv]
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and msg in err and err.count("\n") == 1, err
+    assert (tmp_path / "out.json").read_text() == "kept"

@@ -9,7 +9,8 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "cspnet"
 MODULES = sorted(
-    ".".join(p.relative_to(PKG.parent).with_suffix("").parts).removesuffix(".__init__") for p in PKG.rglob("*.py")
+    ".".join(p.relative_to(PKG.parent).with_suffix("").parts).removesuffix(".__init__")
+    for p in PKG.rglob("*.py")
     if p.name != "__main__.py"  # runs the CLI when imported
 )
 

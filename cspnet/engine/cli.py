@@ -11,6 +11,7 @@ import dataclasses
 import os
 from pathlib import Path
 
+from cspnet.cli_args import fraction, image_size, nonneg_float, nonneg_int, positive_float, positive_int
 from cspnet.engine import dist
 from cspnet.engine.registry import TASK_MODULES, TaskSpec, get_task
 from cspnet.engine.run import RunDir, claim_run, hold_run, run_dir_of
@@ -19,64 +20,6 @@ from cspnet.errors import ConfigError, CspnetError, InputError
 
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainCfg)} - {"save_dir"}
 RESUME_SAFE = ("epochs", "workers", "device")  # TrainCfg fields a --resume may change
-
-
-# ---- argparse types (parse-time checks: one line, exit 2, before any work) --------------------------------------
-def positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v} must be at least 1")
-    return v
-
-
-def non_negative_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{v} must be 0 or more")
-    return v
-
-
-def positive_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"{s} must be a finite number above 0")
-    return v
-
-
-def non_negative_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
-    if not v >= 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"{s} must be a finite number, 0 or more")
-    return v
-
-
-def fraction(s: str) -> float:
-    v = non_negative_float(s)
-    if v > 1:
-        raise argparse.ArgumentTypeError(f"{s} must be between 0 and 1")
-    return v
-
-
-def output_file(s: str) -> str:
-    """A file to write: its folder must exist (checked before the work, so no result is computed for nothing)."""
-    p = Path(s)
-    if p.is_dir():
-        raise argparse.ArgumentTypeError(f"{s} is a folder; pass a file path")
-    if not p.parent.is_dir():
-        raise argparse.ArgumentTypeError(f"folder {p.parent} does not exist; create it first")
-    return s
 
 
 # ---- train ------------------------------------------------------------------------------------------------------
@@ -93,19 +36,19 @@ def add_train_args(p: argparse.ArgumentParser, defaults: dict | None = None, pro
     p.add_argument("--momentum", type=fraction, help=f"default {d['momentum']}")
     p.add_argument(
         "--weight-decay",
-        type=non_negative_float,
+        type=nonneg_float,
         help=f"default {d['weight_decay']}; the task's param groups decide where (classify: not on norms and biases)",
     )
-    p.add_argument("--warmup-epochs", type=non_negative_float, help=f"default {d['warmup_epochs']}")
+    p.add_argument("--warmup-epochs", type=nonneg_float, help=f"default {d['warmup_epochs']}")
     p.add_argument("--min-lr", type=fraction, help=f"final lr as a fraction of --lr, cosine (default {d['min_lr']})")
     p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), help="auto (default): fp16 on CUDA, off on CPU")
     p.add_argument("--no-ema", dest="ema", action="store_const", const=False, help="no EMA of the weights")
     p.add_argument("--ema-decay", type=fraction, help=f"default {d['ema_decay']}")
     p.add_argument("--accumulate", type=positive_int, help=f"batches per optimizer step (default {d['accumulate']})")
     p.add_argument("--channels-last", action="store_const", const=True)
-    p.add_argument("--seed", type=non_negative_int, help=f"default {d['seed']}")
+    p.add_argument("--seed", type=nonneg_int, help=f"default {d['seed']}")
     p.add_argument("--deterministic", action="store_const", const=True, help="deterministic algorithms (exact resume)")
-    p.add_argument("--workers", type=non_negative_int, help=f"data loader processes (default {d['workers']})")
+    p.add_argument("--workers", type=nonneg_int, help=f"data loader processes (default {d['workers']})")
     p.add_argument("--device", help="auto, cpu, cuda (default auto)")
     p.add_argument("--sync-bn", action="store_const", const=True, help="SyncBatchNorm under torchrun (CUDA only)")
     p.add_argument("--project", default=project, help=f"folder of runs (default {project})")
@@ -236,9 +179,9 @@ def add_eval_args(p: argparse.ArgumentParser, data_help: str = "dataset") -> Non
     """Options a `val` command shares: weights, data, batch, workers, device, amp, img."""
     p.add_argument("--weights", required=True, help="best.pt or last.pt of a training run")
     p.add_argument("--data", required=True, help=data_help)
-    p.add_argument("--img", type=positive_int, default=None, help="image size (default: the training size)")
+    p.add_argument("--img", type=image_size, default=None, help="image size (default: the training size)")
     p.add_argument("--batch", type=positive_int, default=64)
-    p.add_argument("--workers", type=non_negative_int, default=2)
+    p.add_argument("--workers", type=nonneg_int, default=2)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="off")
 

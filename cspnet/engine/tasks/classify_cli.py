@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from cspnet.engine.cli import add_eval_args, fraction, non_negative_float, output_file, positive_int
+from cspnet.cli_args import add_output, fraction, image_size, nonneg_float, positive_int
+from cspnet.engine.cli import add_eval_args
 from cspnet.engine.registry import TaskSpec, load_model, register_task
 from cspnet.engine.tasks.classify import ClassifyCfg, ClassifyTask
 from cspnet.errors import InputError
@@ -96,14 +97,14 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     c = ClassifyCfg()
     p.add_argument("--model", help="zoo model, e.g. cspresnet50 (see `cspnet models`)")
     p.add_argument("--data", help="folder or .zip holding train/<class>/*.jpg and val/ (or test/)")
-    p.add_argument("--img", type=positive_int, help=f"training and validation image size (default {c.img})")
+    p.add_argument("--img", type=image_size, help=f"training and validation image size (default {c.img})")
     p.add_argument("--small-input", action="store_const", const=True, help="stem without early downsampling (32x32)")
     p.add_argument("--subset", type=positive_int, help="train on a random N training images")
     p.add_argument("--val-subset", type=positive_int, help="validate on a random N images")
     p.add_argument("--scale", type=fraction, help=f"smallest area of the random resized crop (default {c.scale})")
     p.add_argument("--randaugment", action="store_const", const=True)
-    p.add_argument("--mixup", type=non_negative_float, help="MixUp alpha (default 0: off)")
-    p.add_argument("--cutmix", type=non_negative_float, help="CutMix alpha (default 0: off)")
+    p.add_argument("--mixup", type=nonneg_float, help="MixUp alpha (default 0: off)")
+    p.add_argument("--cutmix", type=nonneg_float, help="CutMix alpha (default 0: off)")
     p.add_argument("--label-smoothing", type=fraction, help="default 0")
     p.add_argument("--weights", help="initial weights; another class count gets a fresh classifier")
 
@@ -111,7 +112,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 def add_val_args(p: argparse.ArgumentParser) -> None:
     add_eval_args(p, "folder or .zip with <split>/<class>/*.jpg")
     p.add_argument("--split", default="val", help="split folder (val falls back to test)")
-    p.add_argument("--confusion", type=output_file, default=None, metavar="PNG", help="write a confusion-matrix plot")
+    add_output(
+        p, "--confusion", default=None, metavar="PNG", help="write a confusion-matrix plot (folders are created)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
 
 
@@ -119,8 +122,8 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", required=True, help="best.pt or last.pt of a classify run")
     p.add_argument("images", nargs="+", type=Path, help="image files")
     p.add_argument("--topk", type=positive_int, default=5)
-    p.add_argument("--img", type=positive_int, default=None, help="image size (default: the training size)")
-    p.add_argument("--json", type=output_file, default=None, metavar="OUT", help="also write the results as JSON")
+    p.add_argument("--img", type=image_size, default=None, help="image size (default: the training size)")
+    add_output(p, "--json", default=None, metavar="OUT", help="also write the results as JSON (folders are created)")
 
 
 SPEC = register_task(
