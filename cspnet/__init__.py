@@ -8,6 +8,18 @@ from cspnet.nn import ConvBNAct, CrossStage, StageCfg
 
 __version__ = "0.1.0"
 
+_LAZY = {"torchvision_backbone": "cspnet.interop.torchvision", "torchvision_segmentation": "cspnet.interop.torchvision"}
+
+
+def __getattr__(name: str):
+    # torchvision's detection and segmentation modules take seconds to import: load them on first use
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'cspnet' has no attribute {name!r}")
+
+
 __all__ = [
     "ConfigError",
     "ConvBNAct",
@@ -24,4 +36,6 @@ __all__ = [
     "from_timm",
     "list_models",
     "model_info",
+    "torchvision_backbone",
+    "torchvision_segmentation",
 ]
