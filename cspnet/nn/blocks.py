@@ -1,7 +1,7 @@
 """Blocks: the repeated units a stage stacks. Each exposes `out_chs`.
 
 Every block takes (in_chs, out_chs, stride, bottle_ratio, groups, act, leaky_slope) so that
-`CrossStage` can wrap any of them without knowing which one it holds.
+`CrossStage` can wrap any of them without knowing which one it holds; `register_block` adds a user's own.
 """
 
 from __future__ import annotations
@@ -209,9 +209,23 @@ BLOCKS: dict[str, BlockFn] = {
 }
 
 
-def get_block(name: str) -> BlockFn:
-    """Look up a block type by name."""
+def register_block(name: str) -> Callable[[BlockFn], BlockFn]:
+    """Class decorator: make a block usable as StageCfg(block=name). Protocol: docs/custom_blocks.md."""
+
+    def wrap(block_fn: BlockFn) -> BlockFn:
+        BLOCKS[name] = block_fn
+        return block_fn
+
+    return wrap
+
+
+def get_block(block: str | BlockFn) -> BlockFn:
+    """Look up a block type by name; a class (or factory) is used as it is."""
+    if callable(block):
+        return block
     try:
-        return BLOCKS[name]
-    except KeyError:
-        raise ConfigError(f"unknown block type {name!r}; choose one of {', '.join(BLOCKS)}") from None
+        return BLOCKS[block]
+    except (KeyError, TypeError):
+        raise ConfigError(
+            f"unknown block type {block!r}; choose one of {', '.join(BLOCKS)}, or register yours with register_block"
+        ) from None

@@ -24,7 +24,7 @@ class StageCfg:
     depth: int
     out_chs: int
     stride: int = 2
-    block: str = "bottleneck"
+    block: str | type = "bottleneck"  # a registered name (register_block) or a block class
     partial_ratio: float = 0.5
     fusion: str = "both"  # paper Fig. 3: transition->concat->transition, concat->transition, transition->concat
     expand_ratio: float = 1.0  # width of the 1x1 conv that feeds the split, relative to out_chs
@@ -83,7 +83,9 @@ def _make_blocks(cfg: StageCfg, in_chs: int, width: int, act: str, slope: float,
                 **({"shortcut": "pad"} if i == 0 and cfg.block_in_chs else {}),
             ),
         )
-        prev = blocks[i].out_chs
+        prev = getattr(blocks[i], "out_chs", None)
+        if not isinstance(prev, int):
+            raise ConfigError(f"block {type(blocks[i]).__name__} must set self.out_chs (int): see docs/custom_blocks.md")
     return blocks, prev
 
 
