@@ -3,8 +3,17 @@
 from cspnet.errors import ConfigError, CspnetError, InputError
 from cspnet.interop.darknet.native import from_darknet
 from cspnet.interop.timm import from_timm
-from cspnet.models import CspNet, ModelCfg, StemCfg, build_cfg, create_model, list_models, model_info
-from cspnet.nn import ConvBNAct, CrossStage, StageCfg
+from cspnet.models import (
+    CspNet,
+    ModelCfg,
+    StemCfg,
+    build_cfg,
+    create_model,
+    list_models,
+    model_info,
+    register_model,
+)
+from cspnet.nn import ConvBNAct, CrossStage, StageCfg, register_block
 
 __version__ = "0.1.0"
 
@@ -36,6 +45,8 @@ __all__ = [
     "from_timm",
     "list_models",
     "model_info",
+    "register_block",
+    "register_model",
     "torchvision_backbone",
     "torchvision_segmentation",
 ]
