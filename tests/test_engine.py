@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from cspnet.cli import main
 from cspnet.engine import (
     GatherMetric,
     NonFiniteLossError,
+    SumMetric,
     TaskBase,
     TrainCfg,
     Trainer,
@@ -462,3 +464,51 @@ def test_numeric_and_output_arguments_are_refused_before_any_work(argv, msg, tmp
     err = capsys.readouterr().err
     assert code == 2 and msg in err and err.count("\n") == 1, err
     assert (tmp_path / "out.json").read_text() == "kept"
+
+
+class _Pairs(SumMetric):
+    def stats(self, preds, batch):
+        return {"n": float(len(preds)), "sum": preds.sum()}
+
+    def summarize(self, sums):
+        return {"mean": float(sums["sum"] / sums["n"])}
+
+
+class _Boom(GatherMetric):
+    def records(self, preds, batch):
+        return preds.tolist()
+
+    def evaluate(self, records):
+        raise InputError(f"no ground truth for {len(records)} records")
+
+
+def _metric_worker(rank: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        pairs, r2, boom = _Pairs(), R2(), _Boom()
+        if rank == 0:  # rank 1 sees no batch at all: its sums have no keys
+            pairs.update(torch.tensor([1.0, 2.0, 3.0]), {})
+        preds = torch.tensor([0.1, 0.5]) + rank
+        r2.update(preds, {"targets": preds + 0.1})
+        boom.update(preds, {})
+        result = {"pairs": pairs.compute(), "r2": r2.compute()}
+        try:
+            boom.compute()
+        except Exception as e:  # raised on both ranks, not a hang on rank 1
+            result["boom"] = f"{type(e).__name__}: {e}"
+        (Path(out) / f"{rank}.json").write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_metrics_reduce_and_gather_across_two_processes(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_metric_worker, args=(f"file://{tmp_path / 'init'}", str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1))
+    assert r0["pairs"] == r1["pairs"] == {"mean": 2.0}
+    assert r0["r2"] == r1["r2"] and r0["r2"]["mae"] == pytest.approx(0.1)  # 4 pairs from 2 ranks, evaluated once
+    assert "no ground truth for 4 records" in r0["boom"] and "no ground truth for 4 records" in r1["boom"]
