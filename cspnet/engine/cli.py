@@ -139,7 +139,10 @@ def build_trainer(args: argparse.Namespace) -> tuple[Trainer, str | None]:
                 raise ConfigError("--resume needs --name RUN (or --resume PATH/TO/last.pt)")
             resume = Path(args.project) / args.name / "weights" / "last.pt"
             if not resume.is_file():
-                raise ConfigError(f"{resume} not found: run {args.name!r} has no checkpoint to resume; start it anew")
+                raise ConfigError(
+                    f"{resume} not found: run {args.name!r} has no checkpoint to resume; start it anew with "
+                    "--exist-ok, or pick another --name"
+                )
         else:
             resume = Path(args.resume)
         ckpt = load_checkpoint(resume)
