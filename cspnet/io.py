@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -35,7 +36,26 @@ def torch_load(path: str | Path, what: str = "torch file") -> Any:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{what} {str(path)!r} not found; pass an existing file")
+    check_zip_crc(path, what)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors differ by torch version; one line for the user
         raise InputError(f"cannot read {str(path)!r} as a {what} ({type(e).__name__}: {e})") from None
+
+
+def check_zip_crc(path: str | Path, what: str = "torch file") -> None:
+    """torch.save writes a zip with a CRC-32 per record but torch.load never checks them: a flipped byte in a
+    tensor would load silently. Check every record first (about as fast as the load itself)."""
+    if not zipfile.is_zipfile(path):
+        return  # a legacy (pre-1.6) torch file, or damaged beyond its zip directory: torch.load reports it
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except Exception as e:  # BadZipFile, NotImplementedError (a flipped compression field), OSError, ...
+        raise InputError(
+            f"{what} {str(path)!r} is damaged ({type(e).__name__}: {e}); restore it or use another copy"
+        ) from None
+    if bad is not None:
+        raise InputError(
+            f"{what} {str(path)!r} is damaged (checksum mismatch in {bad}); restore it or use another copy"
+        )

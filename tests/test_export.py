@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from test_fuse import randomized, smallest_per_family
@@ -39,8 +41,16 @@ def test_export_rejects_bad_format_and_mismatch(tmp_path):
     model = randomized("cspresnet10")
     with pytest.raises(ConfigError, match="unknown export format"):
         export(model, tmp_path / "m.x", "tflite")
-    with pytest.raises(InputError, match="differs from PyTorch"):
+    with pytest.raises(InputError, match="differs from PyTorch.*not written"):
         export(model, tmp_path / "m.onnx", "onnx", img_size=IMG, atol=0.0, runs=0)
+    assert list(tmp_path.iterdir()) == []  # the file that failed its check is not kept, nor a temp file
+
+
+def test_failed_export_keeps_the_old_file(tmp_path):
+    (tmp_path / "m.pt").write_text("previous export")
+    with pytest.raises(InputError, match="differs from PyTorch"):
+        export(randomized("cspresnet10"), tmp_path / "m.pt", "torchscript", img_size=IMG, atol=0.0, runs=0)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"] and (tmp_path / "m.pt").read_text() == "previous export"
 
 
 def test_int8_quantization_runs_and_mostly_agrees(tmp_path):
@@ -62,5 +72,36 @@ def test_export_cli(tmp_path, capsys):
     out = tmp_path / "c.onnx"
     assert main(["export", "--model", "cspresnet10", "--img", str(IMG), "--runs", "0", "--out", str(out)]) == 0
     assert out.is_file() and "max |diff|" in capsys.readouterr().out
-    assert main(["export", "--weights", str(out)]) == 2
+    from cspnet.models.weights import save_state_dict
+
+    w = save_state_dict(randomized("cspresnet10").state_dict(), tmp_path / "w.safetensors")
+    assert main(["export", "--weights", str(w)]) == 2  # a bare state dict does not say its architecture
     assert "--model" in capsys.readouterr().err
+    assert main(["export", "--weights", str(out), "--model", "cspresnet10"]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_export_builds_the_model_from_the_checkpoint(tmp_path, capsys):
+    """Issue #9 defect 4: small_input and the class count come from the checkpoint's meta, not from --model."""
+    from cspnet.engine.checkpoint import save_checkpoint
+    from cspnet.models import create_model
+
+    trained = create_model("cspresnet10", num_classes=7, small_input=True)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    meta = {"model": "cspresnet10", "num_classes": 7, "classes": list("abcdefg"), "img": IMG}
+    meta["overrides"] = {"small_input": True}
+    ckpt = tmp_path / "last.pt"
+    save_checkpoint({"model": trained.state_dict(), "model_ema": None, "meta": meta, "task": "classify"}, ckpt)
+    out = tmp_path / "m.onnx"
+    argv = ["export", "--model", "cspresnet10", "--weights", str(ckpt), "--runs", "0", "--out", str(out), "--json"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["img_size"] == IMG  # the training size by default
+    x = torch.randn(2, 3, IMG, IMG)
+    with torch.no_grad():
+        ref = trained.eval()(x)
+    got = torch.from_numpy(load_runner(out, "onnx")(x))
+    assert float((got - ref).abs().max()) <= 1e-4 * max(1.0, float(ref.abs().max()))
+    assert main(argv[:1] + ["--model", "resnet10"] + argv[3:] + ["--force"]) == 2
+    assert "was trained as cspresnet10, not resnet10" in capsys.readouterr().err

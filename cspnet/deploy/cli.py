@@ -10,22 +10,36 @@ from cspnet.cli_args import add_output, check_output, existing_file, image_size,
 
 
 def _load_for_export(args: argparse.Namespace):
+    """The model to export: from a training checkpoint's own record of its architecture when it has one."""
     from cspnet.errors import ConfigError
     from cspnet.models import create_model
-    from cspnet.models.weights import load_into, read_state_dict
+    from cspnet.models.weights import load_into, read_checkpoint
 
-    name = args.model
+    name, overrides = args.model, dict(args.override or [])
     if args.weights:
+        sd, meta = read_checkpoint(args.weights)
+        if meta and "model" in meta:  # a `cspnet <task> train` checkpoint: built as it was trained
+            from cspnet.engine.tasks.classify import model_from_meta
+
+            if name and name != meta["model"]:
+                raise ConfigError(f"{args.weights} was trained as {meta['model']}, not {name}; drop --model")
+            if overrides:
+                raise ConfigError(
+                    f"{args.weights} records its architecture ({meta['model']}, overrides {meta.get('overrides', {})});"
+                    " drop --override"
+                )
+            model = model_from_meta(meta)
+            load_into(model, sd, args.weights)
+            return model, meta["model"], meta.get("img", 224)
         if name is None:
             raise ConfigError("--weights needs --model NAME to know the architecture (see `cspnet models`)")
-        sd = read_state_dict(args.weights)
         fc = sd.get("head.fc.weight")
-        model = create_model(name, num_classes=fc.shape[0] if fc is not None else 1000, **dict(args.override or []))
+        model = create_model(name, num_classes=fc.shape[0] if fc is not None else 1000, **overrides)
         load_into(model, sd, args.weights)
-        return model, name
+        return model, name, 224
     if name is None:
         raise ConfigError("pass --model NAME or --weights FILE --model NAME")
-    return create_model(name, **dict(args.override or [])), name
+    return create_model(name, **overrides), name, 224
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -33,9 +47,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     if not args.out and args.model:  # the default output is checked like --out, before any work
         check_output(f"{args.model}{SUFFIX[args.format]}", "file", args.force, "--force", "output")
-    model, name = _load_for_export(args)
+    model, name, img = _load_for_export(args)
     out = Path(args.out) if args.out else Path(f"{name}{SUFFIX[args.format]}")
-    report = export(model, out, args.format, img_size=args.img, atol=args.atol, runs=args.runs)
+    if not args.out:
+        check_output(out, "file", args.force, "--force", "output")
+    report = export(model, out, args.format, img_size=args.img or img, atol=args.atol, runs=args.runs)
     print(json.dumps(report, indent=2) if args.json else _export_line(report))
     return 0
 
@@ -53,13 +69,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a model to ONNX or TorchScript (dynamic batch), validated")
     p.add_argument("--model", default=None, help="registered model name, e.g. cspresnet50")
     p.add_argument(
-        "--weights", type=existing_file, default=None, help="weights file (.safetensors or checkpoint); needs --model"
+        "--weights",
+        type=existing_file,
+        default=None,
+        help="weights: a training checkpoint (its architecture is used), or .safetensors with --model",
     )
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
     add_output(
         p, "--out", kind="file", default=None, help="output file (default: NAME.onnx / NAME.pt); --force: replace it"
     )
-    p.add_argument("--img", type=image_size, default=224, help="image size used to trace and validate")
+    p.add_argument(
+        "--img",
+        type=image_size,
+        default=None,
+        help="image size to trace and validate (default: the training size, or 224)",
+    )
     p.add_argument("--override", type=key_value, action="append", help="architecture override KEY=VALUE")
     p.add_argument("--atol", type=positive_float, default=1e-4, help="max |output diff| vs PyTorch")
     p.add_argument("--runs", type=nonneg_int, default=10, help="timed runs for the speed report (0: skip)")

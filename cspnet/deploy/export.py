@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -102,23 +103,32 @@ def export(
     in_chans = getattr(model, "in_chans", 3)
     example = torch.randn(batch, in_chans, img_size, img_size)
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"export output {str(path)!r} is a folder; pass a file path")
     path.parent.mkdir(parents=True, exist_ok=True)
-    (export_onnx if fmt == "onnx" else export_torchscript)(model, path, example)
-
-    run = load_runner(path, fmt, torch.get_num_threads())
-    x = torch.randn(check_batch, in_chans, img_size, img_size)  # a batch size the export never saw
-    with torch.inference_mode():
-        ref = model(x)
-    out = torch.from_numpy(np.asarray(run(x)))
-    if out.shape != ref.shape:
-        raise InputError(f"exported {fmt} model returned shape {tuple(out.shape)}, PyTorch {tuple(ref.shape)}")
-    max_diff = float((out - ref).abs().max())
-    scale = max(1.0, float(ref.abs().max()))  # tolerance relative to the logits' scale once they exceed 1
-    if max_diff > atol * scale:
-        raise InputError(
-            f"exported {fmt} model differs from PyTorch by {max_diff:.2e} > {atol:g} x output scale {scale:.3g}; "
-            "do not deploy it"
-        )
+    # written under a temporary name and renamed only once it passed the check: a file that failed is never kept
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        (export_onnx if fmt == "onnx" else export_torchscript)(model, tmp, example)
+        run = load_runner(tmp, fmt, torch.get_num_threads())
+        x = torch.randn(check_batch, in_chans, img_size, img_size)  # a batch size the export never saw
+        with torch.inference_mode():
+            ref = model(x)
+        out = torch.from_numpy(np.asarray(run(x)))
+        if out.shape != ref.shape:
+            raise InputError(
+                f"exported {fmt} model returned shape {tuple(out.shape)}, PyTorch {tuple(ref.shape)}; nothing written"
+            )
+        max_diff = float((out - ref).abs().max())
+        scale = max(1.0, float(ref.abs().max()))  # tolerance relative to the logits' scale once they exceed 1
+        if not max_diff <= atol * scale:
+            raise InputError(
+                f"exported {fmt} model differs from PyTorch by {max_diff:.2e} > {atol:g} x output scale {scale:.3g}; "
+                f"not written to {path} (do not deploy it)"
+            )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     report = {
         "path": str(path),
         "format": fmt,

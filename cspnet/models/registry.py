@@ -88,14 +88,14 @@ def create_model(
     name: str,
     num_classes: int = 1000,
     in_chans: int = 3,
-    pretrained: str | None = None,
+    pretrained: str | bool | None = None,
     features_only: bool = False,
     out_indices: tuple[int, ...] | None = None,
     **overrides,
 ) -> CspNet | FeatureNet:
     """Build a registered model, as `timm.create_model` does.
 
-    pretrained: None, "timm" (timm's ImageNet weights, converted; needs network once) or a local file
+    pretrained: None/False, True or "timm" (timm's ImageNet weights, converted; needs network once) or a local file
     (.safetensors, or a torch checkpoint loaded with weights_only=True).
     overrides: architecture fields, e.g. partial_ratio=0.25, fusion="last", act="mish", small_input=True.
     """

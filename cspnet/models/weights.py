@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import warnings
+import zipfile
+import zlib
 from pathlib import Path
 
 import torch
@@ -49,32 +51,75 @@ def convert_timm_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, to
     return out
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from .safetensors or a torch checkpoint (a bare state dict, or under 'model'/'state_dict')."""
+CHECKSUM_KEY = "cspnet_crc32"  # safetensors metadata: CRC-32 of the tensor bytes, as cspnet wrote them
+
+
+def _crc32(tensors: dict[str, torch.Tensor]) -> str:
+    crc = 0
+    for k in sorted(tensors):
+        t = tensors[k].contiguous()
+        crc = zlib.crc32(k.encode(), crc)
+        crc = zlib.crc32(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"", crc)
+    return f"{crc:08x}"
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """A .safetensors file as a state dict; one line when it is not one (e.g. a renamed pickle) or is damaged.
+
+    Files cspnet wrote carry a CRC-32 of their tensors (CHECKSUM_KEY), checked here; others only get the format's
+    own checks (header and sizes), which cannot see a flipped byte inside a tensor.
+    """
+    from safetensors import safe_open
+
     path = Path(path)
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # SafetensorError, OSError, ... differ by version; one line for the user
+        hint = " (it is a zip: a torch file named .safetensors? rename it to .pt)" if zipfile.is_zipfile(path) else ""
+        raise InputError(
+            f"cannot read {str(path)!r} as .safetensors{hint}: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
+        ) from None
+    want = meta.get(CHECKSUM_KEY)
+    if want is not None and _crc32(tensors) != want:
+        raise InputError(f"{str(path)!r} is damaged (its tensors do not match the checksum it was saved with)")
+    return tensors
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """(state dict, meta) from .safetensors or a torch file (a bare state dict, or under 'model_ema'/'model'/
+    'state_dict'). meta is a training checkpoint's architecture record (model, num_classes, overrides), else None."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"weights {str(path)!r} is a folder; pass a .safetensors or .pt file")
     if not path.is_file():
         raise InputError(f"weights file {str(path)!r} not found; pass an existing .safetensors or .pt file")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
+        return read_safetensors(path), None
     obj = torch_load(path, "torch checkpoint")
+    meta = obj.get("meta") if isinstance(obj, dict) and isinstance(obj.get("meta"), dict) else None
     for key in ("model_ema", "model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise InputError(f"{str(path)!r} holds no state dict of tensors")
-    return obj
+    return obj, meta
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from .safetensors or a torch checkpoint (a bare state dict, or under 'model'/'state_dict')."""
+    return read_checkpoint(path)[0]
 
 
 def save_state_dict(state_dict: dict[str, torch.Tensor], path: str | Path) -> Path:
-    """Write weights as .safetensors (or a torch file for other suffixes), atomically."""
+    """Write weights as .safetensors (with a CRC-32 of the tensors) or a torch file for other suffixes, atomically."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     if Path(path).suffix == ".safetensors":
         from safetensors.torch import save
 
-        return atomic_write(path, lambda f: f.write(save(tensors)))
+        return atomic_write(path, lambda f: f.write(save(tensors, metadata={CHECKSUM_KEY: _crc32(tensors)})))
     return atomic_write(path, lambda f: torch.save(tensors, f))
 
 
@@ -101,8 +146,18 @@ def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str
     model.load_state_dict(state_dict, strict=False)
 
 
-def load_pretrained(model: nn.Module, pretrained: str, timm_name: str | None = None) -> None:
-    """pretrained='timm' converts timm's ImageNet weights for `timm_name`; anything else is a local file path."""
+def load_pretrained(model: nn.Module, pretrained: str | bool, timm_name: str | None = None) -> None:
+    """pretrained='timm' (or True: the default source, as in timm) converts timm's ImageNet weights for
+    `timm_name`; a string is a local file path."""
+    if pretrained is True:
+        if not timm_name:
+            raise ConfigError(
+                f"pretrained=True: there are no published weights for {getattr(model, 'name', 'this model')}; "
+                "pass pretrained=PATH to a local .safetensors or .pt file"
+            )
+        pretrained = "timm"
+    if not isinstance(pretrained, (str, Path)):
+        raise ConfigError(f"pretrained must be True, 'timm' or a file path, not {pretrained!r}")
     if pretrained == "timm":
         if not timm_name:
             raise ConfigError(
