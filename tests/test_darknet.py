@@ -57,10 +57,32 @@ def test_unknown_layer_names_file_line_and_type():
     [
         ("[convolutional]\nfilters=4\nactivation=gelu\n", r"t.cfg:5: \[convolutional\] activation `gelu`"),
         ("[convolutional]\nfilters=4\ndilation=2\n", r"t.cfg:5: .*`dilation=2` is not supported"),
-        ("[convolutional]\nfilters=4\nsize=abc\n", r"`size=abc` is not an integer"),
+        ("[convolutional]\nfilters=4\nsize=abc\n", r"t.cfg:7: \[convolutional\] `size=abc` is not an integer"),
+        # issue #9 defect 6: misspelled keys, with file:line and a did-you-mean
+        (
+            "[convolutional]\nfiltres=8\n",
+            r"^t.cfg:6: \[convolutional\] unknown key `filtres`; did you mean `filters`\?$",
+        ),
+        ("[maxpool]\nsize=2\nstrid=2\n", r"^t.cfg:7: \[maxpool\] unknown key `strid`; did you mean `stride`\?$"),
+        ("[avgpool]\nsize=2\n", r"^t.cfg:6: \[avgpool\] unknown key `size`; \[avgpool\] reads: "),
+        # issue #9: bad values are one located line, not a traceback
+        ("[convolutional]\nfilters=0\n", r"^t.cfg:6: \[convolutional\] `filters=0` must be >= 1$"),
+        ("[convolutional]\nfilters=-8\n", r"`filters=-8` must be >= 1"),
+        ("[convolutional]\nfilters=4\nsize=-3\n", r"t.cfg:7: \[convolutional\] `size=-3` must be >= 1"),
+        ("[convolutional]\nfilters=4\nstride=0\n", r"`stride=0` must be >= 1"),
+        ("[convolutional]\nfilters=4\ngroups=0\n", r"`groups=0` must be >= 1"),
+        ("[maxpool]\nstride=0\n", r"\[maxpool\] `stride=0` must be >= 1"),
+        ("[connected]\noutput=-4\n", r"t.cfg:6: \[connected\] `output=-4` must be >= 1"),
+        ("[dropout]\nprobability=1.5\n", r"t.cfg:6: \[dropout\] `probability=1.5` must be in \[0, 1\)"),
+        ("[dropout]\nprobability=nan\n", r"`probability=nan` is not a finite number"),
+        ("[softmax]\ngroups=0\n", r"`groups=0` must be >= 1"),
+        ("[upsample]\nstride=0\n", r"t.cfg:6: \[upsample\] stride=0"),
+        (IDENTITY + "[shortcut]\nfrom=-5\n", r"t.cfg:9: \[shortcut\] `from` refers to layer -5"),
+        (IDENTITY + "[shortcut]\nfrom=7\n", r"`from` refers to layer 7"),
+        (IDENTITY + "[yolo]\nclasses=0\n", r"`classes=0` must be >= 1"),
         ("[convolutional]\nfilters=4\ngroups=2\n", r"groups=2 must divide the 3 input channels"),
-        ("[route]\nlayers=-1\n", r"t.cfg:5: \[route\] `layers` refers to layer -1"),
-        (IDENTITY + "[route]\nlayers=3\n", r"t.cfg:8: \[route\] `layers` refers to layer 3"),
+        ("[route]\nlayers=-1\n", r"t.cfg:6: \[route\] `layers` refers to layer -1"),
+        (IDENTITY + "[route]\nlayers=3\n", r"t.cfg:9: \[route\] `layers` refers to layer 3"),
         (IDENTITY + "[yolo]\nclasses=1\nnum=1\nanchors=1,1\n", r"has 3 filters but 1 anchors .* set filters=6"),
         ("[shortcut]\n", r"needs `from=`"),
         ("oops\n", r"expected key=value"),
@@ -69,6 +91,55 @@ def test_unknown_layer_names_file_line_and_type():
 def test_bad_layers_are_located(body, match):
     with pytest.raises(ConfigError, match=match):
         build(net(3, 8) + body)
+
+
+def test_real_cfgs_parse_and_build(darknet_dir):
+    """The key allow-list and value checks accept every official cfg in ../shared/darknet."""
+    cfgs = sorted(darknet_dir.glob("*.cfg"))
+    assert len(cfgs) >= 10
+    for path in cfgs:
+        with torch.device("meta"):
+            model = DarknetModel.from_cfg(path)
+        assert model.num_weight_values() > 0, path
+
+
+def test_cfg_without_weighted_layer(tmp_path, capsys):
+    from cspnet.cli import main
+
+    (tmp_path / "p.cfg").write_text(net(3, 8) + "[maxpool]\nsize=2\nstride=2\n")
+    write_weights(build(net(3, 8) + "[maxpool]\nsize=2\nstride=2\n"), tmp_path / "p.weights")
+    assert main(["darknet", "info", str(tmp_path / "p.cfg")]) == 0  # a table, not StopIteration
+    assert "0.000M params" in capsys.readouterr().out
+    assert (
+        main(["darknet", "convert", str(tmp_path / "p.cfg"), str(tmp_path / "p.weights"), str(tmp_path / "o.pt")]) == 2
+    )
+    assert "has no layer with weights" in capsys.readouterr().err and not (tmp_path / "o.pt").exists()
+
+
+def test_convert_refuses_overwrite_and_its_inputs(tmp_path, capsys):
+    """Issue #9 defect 2: an existing output needs --force; an input is never an output; no temp file is left."""
+    from cspnet.cli import main
+    from cspnet.models.weights import read_state_dict
+
+    text = net(3, 8) + "[convolutional]\nfilters=2\nsize=1\nactivation=linear\n"
+    cfg, weights, out = tmp_path / "a.cfg", tmp_path / "a.weights", tmp_path / "a.safetensors"
+    cfg.write_text(text)
+    write_weights(build(text), weights)
+    before = {p: p.read_bytes() for p in (cfg, weights)}
+    for target in (cfg, weights):
+        assert main(["darknet", "convert", str(cfg), str(weights), str(target), "--force"]) == 2
+        assert "is also the input" in capsys.readouterr().err
+    assert main(["darknet", "convert", str(cfg), str(weights), str(out)]) == 0
+    out.write_bytes(b"keep me")
+    assert main(["darknet", "convert", str(cfg), str(weights), str(out)]) == 2
+    assert "exists; pass --force" in capsys.readouterr().err and out.read_bytes() == b"keep me"
+    assert main(["darknet", "convert", str(cfg), str(weights), str(out), "--force"]) == 0
+    assert set(read_state_dict(out)) == {"layers.0.conv.weight", "layers.0.conv.bias"}
+    (tmp_path / "d").mkdir()
+    assert main(["darknet", "convert", str(cfg), str(weights), str(tmp_path / "d"), "--force"]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in (cfg, weights)} == before
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.cfg", "a.safetensors", "a.weights", "d"]  # no *.tmp
 
 
 def test_option_before_section():

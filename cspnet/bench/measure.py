@@ -23,8 +23,8 @@ def count_macs(
     """Multiply-accumulates of one forward pass, by FlopCounterMode (FLOPs / 2), per batch."""
     h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
     in_chans = in_chans or getattr(model, "in_chans", 3)
-    p = next(model.parameters())
-    x = torch.zeros(batch, in_chans, h, w, device=p.device, dtype=p.dtype)
+    p = next(model.parameters(), None)
+    x = torch.zeros(batch, in_chans, h, w, **({"device": p.device, "dtype": p.dtype} if p is not None else {}))
     was_training = model.training
     model.eval()
     with FlopCounterMode(display=False) as counter:

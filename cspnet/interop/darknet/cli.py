@@ -8,6 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from cspnet.cli_args import add_output, existing_file, image_size
+from cspnet.errors import ConfigError
 from cspnet.interop.darknet.cfg import parse_cfg
 from cspnet.interop.darknet.model import DarknetModel
 
@@ -18,8 +19,8 @@ def layer_table(model: DarknetModel) -> list[dict]:
 
     Build the model on the meta device to keep this instant for large cfgs.
     """
-    p = next(model.parameters())
-    x = torch.zeros(1, model.in_chans, *model.img_size, device=p.device, dtype=p.dtype)
+    p = next(model.parameters(), None)  # a cfg may have no weighted layer at all
+    x = torch.zeros(1, model.in_chans, *model.img_size, device=p.device if p is not None else "cpu")
     model.eval()
     outs: dict[int, torch.Tensor] = {}
     rows = []
@@ -59,6 +60,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from cspnet.interop.darknet.native import from_darknet
     from cspnet.models.weights import save_state_dict
 
+    with torch.device("meta"):
+        if not DarknetModel(parse_cfg(args.cfg)).num_weight_values():
+            raise ConfigError(f"{args.cfg} has no layer with weights (convolutional, connected); nothing to convert")
     model = from_darknet(args.cfg, args.weights, native=not args.generic)
     what = f"native {model.name}" if getattr(model, "name", None) else "cfg model (cspnet.interop.darknet.DarknetModel)"
     out = save_state_dict(model.state_dict(), args.out)

@@ -277,7 +277,9 @@ def _sources(sec: Section, key: str, index: int) -> list[int]:
     for v in sec.getints(key):
         i = index + v if v < 0 else v
         if not 0 <= i < index:
-            raise sec.error(f"`{key}` refers to layer {v} (= {i}), which is not an earlier layer of 0..{index - 1}")
+            raise sec.key_error(
+                key, f"`{key}` refers to layer {v} (= {i}), which is not an earlier layer of 0..{index - 1}"
+            )
         out.append(i)
     if not out:
         raise sec.error(f"`{key}=` lists no layers")
@@ -290,9 +292,9 @@ def _build_layer(sec: Section, index: int, shapes: list[Shape]) -> tuple[DarkLay
     c, h, w = shapes[-1]
     kind = sec.kind
     if kind == "convolutional":
-        filters, size = sec.getint("filters", 1), sec.getint("size", 1)
-        stride, groups = sec.getint("stride", 1), sec.getint("groups", 1)
-        padding = size // 2 if sec.getint("pad", 0) else sec.getint("padding", 0)
+        filters, size = sec.getint("filters", 1, lo=1), sec.getint("size", 1, lo=1)
+        stride, groups = sec.getint("stride", 1, lo=1), sec.getint("groups", 1, lo=1)
+        padding = size // 2 if sec.getint("pad", 0) else sec.getint("padding", 0, lo=0)
         bn = bool(sec.getint("batch_normalize", 0))
         if groups < 1 or c % groups or filters % groups:
             raise sec.error(f"groups={groups} must divide the {c} input channels and filters={filters}")
@@ -304,7 +306,7 @@ def _build_layer(sec: Section, index: int, shapes: list[Shape]) -> tuple[DarkLay
         return layer, (filters, oh, ow)
     if kind == "route":
         srcs = _sources(sec, "layers", index)
-        groups, group_id = sec.getint("groups", 1), sec.getint("group_id", 0)
+        groups, group_id = sec.getint("groups", 1, lo=1), sec.getint("group_id", 0)
         if not 0 <= group_id < groups:
             raise sec.error(f"group_id={group_id} must be in 0..groups-1 (groups={groups})")
         first = shapes[srcs[0] + 1]
@@ -326,9 +328,9 @@ def _build_layer(sec: Section, index: int, shapes: list[Shape]) -> tuple[DarkLay
         layer.desc = "from " + ",".join(str(i) for i in srcs)
         return layer, (c, h, w)
     if kind == "maxpool":
-        stride = sec.getint("stride", 1)
-        size = sec.getint("size", stride)
-        padding = sec.getint("padding", size - 1)
+        stride = sec.getint("stride", 1, lo=1)
+        size = sec.getint("size", stride, lo=1)
+        padding = sec.getint("padding", size - 1, lo=0)
         oh, ow = (h + padding - size) // stride + 1, (w + padding - size) // stride + 1
         if oh < 1 or ow < 1 or size < 1 or stride < 1:
             raise sec.error(f"size={size} stride={stride} does not fit the {h}x{w} input")
@@ -340,27 +342,30 @@ def _build_layer(sec: Section, index: int, shapes: list[Shape]) -> tuple[DarkLay
     if kind == "upsample":
         stride = sec.getint("stride", 2)
         if stride < 1:
-            raise sec.error(f"stride={stride} (downsampling) is not supported; use stride >= 1")
+            raise sec.key_error("stride", f"stride={stride} (downsampling) is not supported; use stride >= 1")
         layer = Upsample(stride, sec.getfloat("scale", 1.0))
         layer.desc = f"x{stride}"
         return layer, (c, h * stride, w * stride)
     if kind == "connected":
-        outputs = sec.getint("output", 1)
+        outputs = sec.getint("output", 1, lo=1)
         act = make_act(sec.getstr("activation", "logistic"), sec)
         layer = Connected(c * h * w, outputs, bool(sec.getint("batch_normalize", 0)), act)
         layer.desc = f"{c * h * w} -> {outputs}"
         return layer, (outputs, 1, 1)
     if kind == "softmax":
-        groups = sec.getint("groups", 1)
+        groups = sec.getint("groups", 1, lo=1)
         if (c * h * w) % groups:
             raise sec.error(f"groups={groups} does not divide the {c * h * w} inputs")
-        return Softmax(groups, sec.getfloat("temperature", 1.0)), (c * h * w, 1, 1)
+        temperature = sec.getfloat("temperature", 1.0)
+        if temperature <= 0:
+            raise sec.key_error("temperature", f"`temperature={temperature:g}` must be > 0")
+        return Softmax(groups, temperature), (c * h * w, 1, 1)
     if kind == "dropout":
-        return Dropout(sec.getfloat("probability", 0.2)), (c, h, w)
+        return Dropout(sec.getfloat("probability", 0.2, lo=0, hi=1, hi_open=True)), (c, h, w)
     if kind == "cost":
         return Passthrough(), (c, h, w)
     if kind == "yolo":
-        classes, num = sec.getint("classes", 20), sec.getint("num", 1)
+        classes, num = sec.getint("classes", 20, lo=1), sec.getint("num", 1, lo=1)
         mask = sec.getints("mask", list(range(num)))
         anchors = sec.getfloats("anchors")
         if len(anchors) < 2 * num or any(not 0 <= m < num for m in mask):
@@ -388,7 +393,7 @@ class DarknetModel(nn.Module):
         net = sections[0]
         self.sections = sections
         self.path = net.path
-        self.in_chans = net.getint("channels", 3)
+        self.in_chans = net.getint("channels", 3, lo=1)
         if img_size is None:
             img_size = (net.getint("height", 0), net.getint("width", 0))
         self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
