@@ -76,7 +76,8 @@ ROWS: list[tuple[list[str], int, str]] = [
     (["export", "--model", "resnet10", "--out", "{file}"], 2, "exists; pass --force"),
     (["export", "--model", "resnet10", "--out", "{dir}"], 2, "is a folder; pass a file"),
     (["export", "--model", "resnet10", "--out", "{dir}", "--force"], 2, "is a folder; pass a file"),
-    (["export", "--weights", "{file}"], 2, "needs --model"),
+    (["export", "--weights", "{file}"], 2, "cannot read"),
+    (["export", "--weights", "{pickle_st}"], 2, "as .safetensors (it is a zip: a torch file named .safetensors?"),
     (["export", "--model", "nosuch"], 2, "unknown model"),
     # darknet info / convert
     (["darknet", "info", "{missing}"], 2, "not found"),
