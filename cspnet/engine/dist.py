@@ -35,6 +35,8 @@ def setup(device: str = "auto") -> torch.device:
         name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     dev = torch.device(name)
     if dev.type == "cuda":
+        if dev.index is None:  # set_device needs an index
+            dev = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
