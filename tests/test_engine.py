@@ -306,7 +306,7 @@ def mean_val(args) -> int:
     model, meta, _ = load_model(args.weights, "meanpix")
     task = MeanTask(MeanCfg(img=meta["img"], width=meta["width"]))
     loader = torch.utils.data.DataLoader(task.datasets()[1], 5, collate_fn=task.collate(False))
-    print(json.dumps(evaluate(model, loader, task, device="cpu", progress=False)))
+    print(json.dumps(evaluate(model, loader, task, device=args.device, progress=False)))
     return 0
 
 
@@ -330,7 +330,20 @@ def test_toy_regression_task_trains_resumes_and_validates_through_the_generic_cl
         return args.func(args)
 
     MeanTask.calls.clear()
-    common = ("--batch", "8", "--lr", "0.01", "--workers", "0", "--project", str(tmp_path), "--name", "r")
+    common = (
+        "--batch",
+        "8",
+        "--lr",
+        "0.01",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--project",
+        str(tmp_path),
+        "--name",
+        "r",
+    )
     assert run("meanpix", "train", "--epochs", "2", *common) == 0
     run_dir = tmp_path / "r"
     r = rows(run_dir)
@@ -345,7 +358,7 @@ def test_toy_regression_task_trains_resumes_and_validates_through_the_generic_cl
     assert [x["epoch"] for x in rows(run_dir)] == ["1", "2", "3"] and MeanTask.calls["epochs"] == [0, 1, 2]
 
     best_epoch = max(rows(run_dir), key=lambda x: float(x["val/r2"]))
-    assert run("meanpix", "val", "--weights", str(run_dir / "weights/best.pt"), "--data", "-") == 0
+    assert run("meanpix", "val", "--weights", str(run_dir / "weights/best.pt"), "--data", "-", "--device", "cpu") == 0
     m = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert m["r2"] == pytest.approx(float(best_epoch["val/r2"]), rel=1e-6)  # val without a Trainer = training's val
     assert m["mse"] == pytest.approx(float(best_epoch["val/mse"]), rel=1e-6) and m["skipped"] == 0
