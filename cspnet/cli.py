@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "cspnet.deploy.cli",
     "cspnet.interop.darknet.cli",
     "cspnet.engine.cli",
+    "cspnet.ablate.cli",
 )
 
 

@@ -34,10 +34,13 @@ class Variant:
     name: str
     source: str = "cspnet"  # "cspnet" | "timm"
     opts: tuple[str, ...] = ()
+    overrides: tuple[tuple[str, object], ...] = ()  # create_model overrides, e.g. (("fusion", "last"),)
 
     @property
     def label(self) -> str:
         base = f"timm:{self.name}" if self.source == "timm" else self.name
+        if self.overrides:
+            base += "[" + ",".join(f"{k}={v}" for k, v in self.overrides) + "]"
         return f"{base}@{'+'.join(self.opts)}" if self.opts else base
 
 
@@ -128,7 +131,7 @@ def build_model(v: Variant, num_classes: int = 1000) -> nn.Module:
         return timm.create_model(tname, num_classes=num_classes)
     from cspnet.models import create_model
 
-    return create_model(v.name, num_classes=num_classes)
+    return create_model(v.name, num_classes=num_classes, **dict(v.overrides))
 
 
 def _compile(model: nn.Module) -> Callable:

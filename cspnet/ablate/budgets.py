@@ -1,0 +1,81 @@
+"""Training and measuring budgets: one recipe for every variant of a study.
+
+smoke: seconds, for tests. cpu: CIFAR-10 on a 2-core CPU in about 2 hours for the default grid (6 variants, 1 seed);
+the estimate is measured, see docs/results/ablation.md. full: the paper's ImageNet setting (darknet cfgs: batch 128,
+lr 0.1, momentum 0.9, decay 5e-4, 1000 warm-up steps; 1.6M steps for dense nets = 160 epochs, 800k for the others =
+80 epochs) with the engine's cosine schedule in place of darknet's poly, for ImageNet-style folders under torchrun.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from cspnet.errors import ConfigError
+
+# may differ between sittings and machines (measurements record their own settings); the rest is the recipe
+RUNTIME = ("workers", "device", "amp", "threads", "latency_batches", "latency_runs", "latency_warmup", "train_batch")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What every variant is trained and measured with."""
+
+    name: str
+    img: int = 32
+    epochs: int = 1
+    subset: int | None = None  # training images (None: all)
+    val_subset: int | None = None  # validation images (None: all)
+    batch: int = 64
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 0.5
+    scale: float = 0.35  # smallest crop area of the random resized crop
+    small_input: bool = False  # stem without downsampling (32x32 images)
+    ema: bool = True
+    # runtime (not part of the recipe)
+    workers: int = 2
+    device: str = "auto"
+    amp: str = "auto"
+    threads: int | None = None  # torch threads for the CPU measurements
+    # measurement
+    latency_batches: tuple[int, ...] = (1, 8)
+    latency_runs: int = 20
+    latency_warmup: int = 3
+    train_batch: int = 8  # batch of the timed training steps (CPU, interleaved)
+
+    def recipe(self) -> dict:
+        """The settings that must match for results to be comparable (what study.json pins)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in RUNTIME and k != "name"}
+
+
+BUDGETS = {
+    "smoke": Budget(
+        "smoke", img=32, epochs=1, subset=64, val_subset=32, batch=16, workers=0, latency_runs=2, latency_warmup=1
+    ),
+    # measured: see docs/results/ablation.md "Budget" (2-core CPU); 25,000 images x 4 epochs per variant
+    "cpu": Budget("cpu", img=32, epochs=4, subset=25000, val_subset=None, batch=64, workers=1),
+    "full": Budget(
+        "full", img=224, epochs=0, batch=128, lr=0.1, weight_decay=5e-4, warmup_epochs=0.1, scale=0.08, workers=8
+    ),
+}
+FULL_EPOCHS = {"dense": 160, "other": 80}  # darknet max_batches x batch 128 / 1.28M ImageNet images
+
+
+def get_budget(name: str, base: str, **changes) -> Budget:
+    """A named budget with command-line changes (None values ignored); full picks its epochs from the base."""
+    if name not in BUDGETS:
+        raise ConfigError(f"unknown budget {name!r}; choose one of {', '.join(BUDGETS)}")
+    b = BUDGETS[name]
+    if name == "full":
+        from cspnet.models import build_cfg
+
+        dense = any(s.growth_rate for s in build_cfg(base).stages)
+        b = dataclasses.replace(b, epochs=FULL_EPOCHS["dense" if dense else "other"])
+    b = dataclasses.replace(b, **{k: v for k, v in changes.items() if v is not None})
+    b = dataclasses.replace(b, subset=b.subset or None, val_subset=b.val_subset or None)  # 0: all images
+    if b.epochs < 1 or b.batch < 1 or b.img < 8:
+        raise ConfigError("epochs and batch must be at least 1 and img at least 8")
+    if b.subset is not None and b.subset < b.batch:
+        raise ConfigError(f"subset {b.subset} is smaller than one batch ({b.batch}); raise --subset or lower --batch")
+    return b
