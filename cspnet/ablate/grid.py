@@ -86,7 +86,9 @@ def make_variant(base: str, spec: str) -> Variant:
     if "model" in kw:
         model, extra = str(kw.pop("model")), {}
     elif kw.get("partial_ratio") == 1.0:
-        model, extra = plain, {k: v for k, v in plain_kw.items() if k != "partial_ratio"}
+        model, extra = plain, plain_kw
+        if not plain_kw:  # a registered plain model: every stage is plain already
+            kw.pop("partial_ratio")
     else:
         model, extra = csp, csp_kw
     overrides = {**extra, **kw}

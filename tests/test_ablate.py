@@ -1,0 +1,117 @@
+"""`cspnet ablate`: the smoke study writes its table and plots, MACs follow the design, an interrupted study resumes."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from test_data import make_folder
+
+from cspnet.ablate import build_grid, get_budget
+from cspnet.bench.measure import count_macs
+from cspnet.cli import main
+from cspnet.engine import Trainer
+from cspnet.models import create_model
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_folder(tmp_path_factory.mktemp("ablate") / "data", n=32, size=32)
+
+
+def rows(study: Path) -> dict[str, dict]:
+    return {r["variant"]: r for r in csv.DictReader((study / "results.csv").open())}
+
+
+@pytest.mark.parametrize("base", ["peleenet", "resnet10"])
+def test_mac_ordering_follows_the_design(base):
+    """fusion last and both cost less than plain; MACs grow with gamma (the share of channels through the blocks)."""
+    macs = {}
+    for v in build_grid(base):
+        macs[v.label] = count_macs(create_model(v.model, num_classes=10, **v.kwargs()), 32)
+    plain = macs["plain"]
+    assert macs["fusion=last"] < plain and macs["fusion=both,gamma=0.5"] < plain, macs
+    assert macs["gamma=0.25"] < macs["fusion=both,gamma=0.5"] < macs["gamma=0.75"] < plain, macs
+
+
+def test_grid_entries():
+    grid = build_grid("peleenet", ["partial_ratio=0.25,fusion=last", "gamma=1.0", "model=csppeleenet"])
+    assert [v.label for v in grid] == ["plain", "gamma=0.25,fusion=last", "model=csppeleenet"]  # gamma=1.0 is plain
+    assert grid[1].model == "csppeleenet" and grid[1].kwargs() == {"partial_ratio": 0.25, "fusion": "last"}
+    (plain,) = build_grid("cspresnet10", ["gamma=1.0"])  # a CSP base: its registered plain twin
+    assert plain.model == "resnet10"
+
+
+@pytest.mark.slow
+def test_smoke_study_interrupted_then_finished_without_retraining(data, tmp_path, monkeypatch):
+    """Ctrl-C in the second variant's second epoch; the re-run skips the first variant, resumes the second from its
+    last.pt (one epoch left), trains the third (epochs counted per run folder), measures all and writes table + plots."""
+    argv = ["ablate", "--base", "resnet10", "--data", str(data), "--budget", "smoke", "--epochs", "2"]
+    argv += ["--grid", "fusion=last", "--grid", "gamma=0.25", "--project", str(tmp_path), "--name", "cut"]
+    study = tmp_path / "cut"
+    epochs: dict[str, int] = {}
+    original = Trainer.run_epoch
+    interrupt = True
+
+    def counting(self, model, loader, train, desc):
+        if train:
+            run = Path(self.cfg.save_dir).parent.name
+            if interrupt and run == "fusion-last" and self.epoch == 1:
+                raise KeyboardInterrupt
+            epochs[run] = epochs.get(run, 0) + 1
+        return original(self, model, loader, train, desc)
+
+    monkeypatch.setattr(Trainer, "run_epoch", counting)
+    assert main(argv) == 130
+    assert epochs == {"plain": 2, "fusion-last": 1}
+    done = study / "plain" / "seed0" / "train.json"
+    mtime = done.stat().st_mtime_ns
+    assert (study / "fusion-last" / "seed0" / "weights" / "last.pt").is_file()
+    assert not (study / "fusion-last" / "seed0" / "train.json").exists()
+
+    assert main([*argv, "--parts", "report"]) == 0  # a report from what exists: MACs counted, no accuracy yet
+    assert rows(study)["fusion=last"]["top1_mean"] == "" and int(rows(study)["gamma=0.25"]["macs"]) > 0
+
+    interrupt, epochs = False, {}
+    assert main(argv) == 0
+    assert epochs == {"fusion-last": 1, "gamma-0.25": 2}  # plain skipped, fusion=last resumed at epoch 2
+    assert done.stat().st_mtime_ns == mtime
+    resumed = json.loads((study / "fusion-last" / "seed0" / "train.json").read_text())
+    assert resumed["resumed"] and resumed["epochs"] == 2 and len(resumed["curve"]) == 2
+
+    table = rows(study)
+    assert list(table) == ["plain", "fusion=last", "gamma=0.25"]
+    for r in table.values():
+        assert r["seeds"] == "1" and 0 <= float(r["top1_mean"]) <= 100
+        for k in (
+            "b1_fused_ms",
+            "b8_fused_ms",
+            "b1_unfused_ms",
+            "b8_unfused_ms",
+            "train_step_img_s",
+            "activations_mib",
+        ):
+            assert float(r[k]) > 0, (r["variant"], k)
+    assert int(table["fusion=last"]["macs"]) < int(table["plain"]["macs"])
+    md = (study / "results.md").read_text()
+    assert md.count("\n| ") == 4 and "cspnet ablate --base resnet10" in md
+    for png in ("acc_vs_macs.png", "acc_vs_latency.png"):
+        assert (study / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_changed_recipe_or_bad_grid_is_one_clear_error(data, tmp_path, capsys):
+    argv = ["ablate", "--base", "resnet10", "--data", str(data), "--budget", "smoke", "--project", str(tmp_path)]
+    assert main([*argv, "--grid", "fusion=sideways"]) == 2
+    assert "grid entry 'fusion=sideways': unknown fusion" in capsys.readouterr().err
+    assert main([*argv, "--grid", "partial_ratio"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+    study = tmp_path / "resnet10_smoke"
+    study.mkdir(parents=True)
+    recipe = {**get_budget("smoke", "resnet10").recipe(), "epochs": 5}
+    (study / "study.json").write_text(
+        json.dumps({"base": "resnet10", "budget": "smoke", "recipe": recipe, "variants": {}, "commands": []})
+    )
+    assert main([*argv, "--parts", "report"]) == 2
+    assert "another recipe (epochs 5 -> 1)" in capsys.readouterr().err
