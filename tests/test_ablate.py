@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-from test_data import make_folder
 
 from cspnet.ablate import build_grid, get_budget
 from cspnet.bench.measure import count_macs
@@ -16,9 +15,9 @@ from cspnet.engine import Trainer
 from cspnet.models import create_model
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return make_folder(tmp_path_factory.mktemp("ablate") / "data", n=32, size=32)
+@pytest.fixture
+def data(tmp_path, make_folder) -> Path:
+    return make_folder(tmp_path / "data", n=32, size=32)
 
 
 def rows(study: Path) -> dict[str, dict]:
@@ -52,18 +51,17 @@ def test_smoke_study_interrupted_then_finished_without_retraining(data, tmp_path
     argv += ["--grid", "fusion=last", "--grid", "gamma=0.25", "--project", str(tmp_path), "--name", "cut"]
     study = tmp_path / "cut"
     epochs: dict[str, int] = {}
-    original = Trainer.run_epoch
+    original = Trainer.train_epoch
     interrupt = True
 
-    def counting(self, model, loader, train, desc):
-        if train:
-            run = Path(self.cfg.save_dir).parent.name
-            if interrupt and run == "fusion-last" and self.epoch == 1:
-                raise KeyboardInterrupt
-            epochs[run] = epochs.get(run, 0) + 1
-        return original(self, model, loader, train, desc)
+    def counting(self):
+        run = Path(self.cfg.save_dir).parent.name
+        if interrupt and run == "fusion-last" and self.epoch == 1:
+            raise KeyboardInterrupt
+        epochs[run] = epochs.get(run, 0) + 1
+        return original(self)
 
-    monkeypatch.setattr(Trainer, "run_epoch", counting)
+    monkeypatch.setattr(Trainer, "train_epoch", counting)
     assert main(argv) == 130
     assert epochs == {"plain": 2, "fusion-last": 1}
     done = study / "plain" / "seed0" / "train.json"

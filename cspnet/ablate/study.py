@@ -25,6 +25,7 @@ import torch
 from cspnet.ablate.budgets import Budget
 from cspnet.ablate.grid import PLAIN, Variant, build_grid
 from cspnet.engine import TrainCfg, Trainer
+from cspnet.engine.run import RunDir
 from cspnet.engine.tasks.classify import ClassifyCfg, ClassifyTask
 from cspnet.errors import ConfigError, InputError
 from cspnet.io import atomic_write
@@ -189,7 +190,10 @@ class Study:
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        trainer = Trainer(task, tcfg)
+        if self.main:
+            run.mkdir(parents=True, exist_ok=True)
+        # locked while training (two processes never train one run); a fresh folder left without a checkpoint goes
+        trainer = Trainer(task, tcfg, run=RunDir(run, fresh=resume is None) if self.main else None)
         metrics = trainer.fit(resume=resume)
         rows = list(csv.DictReader((run / "results.csv").open())) if (run / "results.csv").is_file() else []
         result = {
