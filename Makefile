@@ -18,12 +18,12 @@ demo: install
 	$(VENV)/bin/cspnet compare resnet50 cspresnet50
 
 lint: install
-	$(VENV)/bin/ruff check cspnet tests benchmarks
-	$(VENV)/bin/ruff format --check cspnet tests benchmarks
+	$(VENV)/bin/ruff check cspnet tests benchmarks examples
+	$(VENV)/bin/ruff format --check cspnet tests benchmarks examples
 
 format: install
-	$(VENV)/bin/ruff format cspnet tests benchmarks
-	$(VENV)/bin/ruff check --fix cspnet tests benchmarks
+	$(VENV)/bin/ruff format cspnet tests benchmarks examples
+	$(VENV)/bin/ruff check --fix cspnet tests benchmarks examples
 
 test: install lint
 	$(PY) -m pytest -n 2 --durations=15 -q
