@@ -370,7 +370,7 @@ def classify_argv(data, proj, *extra):
     return [*base, "--workers", "0", "--epochs", "1", "--project", str(proj), *extra]
 
 
-def test_resume_writes_where_the_checkpoint_is_now_and_applies_only_safe_changes(data, tmp_path, capsys):
+def test_resume_writes_where_the_checkpoint_is_now_and_applies_only_safe_changes(data, tmp_path, capsys, make_folder):
     proj = tmp_path / "runs"
     assert main(classify_argv(data, proj, "--name", "x")) == 0
     (proj / "x").rename(proj / "x_old")  # the user moves the run away, then starts a new x
@@ -395,6 +395,10 @@ def test_resume_writes_where_the_checkpoint_is_now_and_applies_only_safe_changes
     assert "--img 64 (run: 32), --lr 0.5 (run: 0.1) cannot change mid-run" in err and err.count("\n") == 1
     assert main(classify_argv(moved, proj, "--resume", last, "--epochs", "2")) == 2
     assert "finished its 2 epochs; pass --epochs above 2" in capsys.readouterr().err
+    other = make_folder(tmp_path / "three", classes=("a", "b", "c"), size=32)  # --data is safe only with its classes
+    assert main(classify_argv(other, proj, "--resume", last, "--epochs", "3")) == 2
+    assert "does not fit this run: classes, num_classes differ" in capsys.readouterr().err
+    assert [r["epoch"] for r in rows(proj / "x_old")] == ["1", "2"]
 
 
 def test_run_folder_is_taken_atomically_and_locked(tmp_path):

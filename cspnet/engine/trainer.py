@@ -346,10 +346,17 @@ class Trainer:
     def load(self, path: str | Path) -> None:
         """Restore everything for an exact resume: model, EMA, optimizer, scheduler, scaler, epoch, RNG."""
         ckpt = load_checkpoint(path)
-        if ckpt.get("task") != self.task.name or ckpt.get("meta") != self.task.meta():
+        if ckpt.get("task") != self.task.name:
             raise InputError(
-                f"{path} was saved for {ckpt.get('task')} {ckpt.get('meta', {}).get('model')!r}, not "
-                f"{self.task.name} {self.task.meta().get('model')!r} with these classes; resume with the same model and data"
+                f"{path} is a {ckpt.get('task')!r} checkpoint, not {self.task.name!r}; pass its own last.pt"
+            )
+        saved, now = ckpt.get("meta") or {}, self.task.meta()
+        if saved != now:
+            diff = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+            k = diff[0]
+            raise InputError(
+                f"{path} does not fit this run: {', '.join(diff)} differ ({k}: checkpoint {_short(saved.get(k))}, "
+                f"now {_short(now.get(k))}); resume with the same model and data"
             )
         if "optimizer" not in ckpt:
             raise InputError(f"{path} holds weights only (best.pt); resume from last.pt")
@@ -537,6 +544,11 @@ class Trainer:
             self.run.release(keep=ok or bool(self.saved))
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _short(v: Any, n: int = 60) -> str:
+    r = repr(v)
+    return r if len(r) <= n else r[: n - 3] + "..."
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:

@@ -85,7 +85,9 @@ def _make_blocks(cfg: StageCfg, in_chs: int, width: int, act: str, slope: float,
         )
         prev = getattr(blocks[i], "out_chs", None)
         if not isinstance(prev, int):
-            raise ConfigError(f"block {type(blocks[i]).__name__} must set self.out_chs (int): see docs/custom_blocks.md")
+            raise ConfigError(
+                f"block {type(blocks[i]).__name__} must set self.out_chs (int): see docs/custom_blocks.md"
+            )
     return blocks, prev
 
 
