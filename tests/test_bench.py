@@ -37,6 +37,7 @@ def result():
     return run_bench(cfg)
 
 
+@pytest.mark.slow
 def test_bench_structure_and_arithmetic(result):
     groups = [(g["mode"], g["batch"]) for g in result["groups"]]
     assert groups == [("infer", 1), ("infer", 2), ("train", 1), ("train", 2)]
@@ -70,6 +71,7 @@ def test_bench_structure_and_arithmetic(result):
     assert result["machine"]["threads"] >= 1 and "torch" in result["machine"]
 
 
+@pytest.mark.slow
 def test_report_files(result, tmp_path):
     md = markdown(result)
     for label in ("cspresnet10", "resnet10", "cspresnet10@fuse+cl", "cspresnet10@ort"):
@@ -86,6 +88,7 @@ def test_bench_rejects_bad_config():
         run_bench(BenchConfig(variants=[]))
 
 
+@pytest.mark.slow
 def test_bench_cli(tmp_path, capsys):
     args = ["bench", "cspresnet10", "--twins", "--img", "32", "--runs", "1", "--warmup", "0", "--no-memory"]
     assert main(args + ["--out", str(tmp_path / "out")]) == 0

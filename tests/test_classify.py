@@ -70,6 +70,8 @@ import json, os, sys
 from cspnet.cli import build_parser
 from cspnet.engine.cli import build_trainer
 
+pytestmark = pytest.mark.slow  # end to end: subprocesses, torchrun, real data
+
 trainer, resume = build_trainer(build_parser().parse_args(sys.argv[1:]))
 metrics = trainer.fit(resume)
 out = {"rank": trainer.rank, "world": trainer.world, "metrics": metrics, "saved": trainer.saved}

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from cspnet.cli import main
 
 
@@ -24,6 +26,7 @@ def test_models_json_measures(capsys):
     assert abs(row["params_m"] - 5.419) < 1e-3
 
 
+@pytest.mark.slow
 def test_compare_json_is_consistent(capsys):
     assert main(["compare", "resnet10", "cspresnet10", "--img", "64", "--runs", "3", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -34,12 +37,14 @@ def test_compare_json_is_consistent(capsys):
     assert a["p25_ms"] <= a["median_ms"] <= a["p75_ms"]
 
 
+@pytest.mark.slow
 def test_compare_table(capsys):
     assert main(["compare", "resnet10", "cspresnet10", "--img", "64", "--runs", "2"]) == 0
     out = capsys.readouterr().out
     assert "cspresnet10 / resnet10: params x0.64, MACs x0.60, median latency x" in out
 
 
+@pytest.mark.slow
 def test_unknown_model_is_one_line_with_suggestion():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
@@ -53,6 +58,7 @@ def test_unknown_model_is_one_line_with_suggestion():
     assert line.startswith("cspnet: error: unknown model 'cspresnet5'; did you mean cspresnet50")
 
 
+@pytest.mark.slow
 def test_compare_fused_keeps_the_counts(capsys):
     assert main(["compare", "resnet10", "cspresnet10", "--img", "64", "--runs", "2", "--fuse", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

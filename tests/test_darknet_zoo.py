@@ -45,6 +45,7 @@ def meta_model(path) -> DarknetModel:
         return DarknetModel.from_cfg(path)
 
 
+@pytest.mark.slow
 def test_every_cfg_builds(darknet_dir):
     cfgs = sorted(darknet_dir.glob("*.cfg"))
     assert {p.stem for p in cfgs} >= set(FIGURES)
@@ -52,6 +53,7 @@ def test_every_cfg_builds(darknet_dir):
         assert meta_model(p).shapes, p
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(FIGURES))
 def test_params_and_bflops_match_darknet(darknet_dir, name):
     img, params_m, bflops = FIGURES[name]
@@ -77,6 +79,7 @@ def randomize_bn(model: DarknetModel) -> None:
     model.eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stem", ["csdarknet53", "csdarknet53-omega", "darknet53", "csresnet50", "csresnext50"])
 def test_native_twin_equals_cfg_model(darknet_dir, tmp_path, stem):
     cfg = darknet_dir / f"{stem}.cfg"
@@ -96,6 +99,7 @@ def test_native_twin_equals_cfg_model(darknet_dir, tmp_path, stem):
     assert (logits[0] - logits[1]).abs().max() > 0.1 * logits.abs().max()  # the output depends on the input
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stem, native", [("csresnet50", "cspresnet50"), ("csresnext50", "cspresnext50")])
 def test_authors_layout_differs_from_timms(darknet_dir, stem, native):
     """The authors' csresnet50/csresnext50 are the native model with layout="darknet", not timm's default layout."""
@@ -130,6 +134,7 @@ def test_yolov4_tiny_route_groups(darknet_dir):
     assert isinstance(m.layers[-1], Yolo) and isinstance(m.layers[0], Conv)
 
 
+@pytest.mark.slow
 def test_cli_info(darknet_dir, capsys):
     assert main(["darknet", "info", str(darknet_dir / "csdarknet53.cfg")]) == 0
     out = capsys.readouterr().out
@@ -138,6 +143,7 @@ def test_cli_info(darknet_dir, capsys):
     assert "at 320x320" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_cli_convert(darknet_dir, tmp_path, capsys):
     cfg = darknet_dir / "csdarknet53.cfg"
     src = DarknetModel.from_cfg(cfg)

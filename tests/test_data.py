@@ -71,6 +71,7 @@ def test_subset_is_reproducible(tmp_path, make_folder):
     assert len(a) == 7 and a.samples == b.samples
 
 
+@pytest.mark.slow
 def test_cifar10_zip(shared):
     path = shared / "data" / "cifar10.zip"
     if not path.is_file():

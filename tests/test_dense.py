@@ -33,6 +33,7 @@ def _randomize_bn(model: nn.Module, seed: int = 0) -> None:
             m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", DENSE)
 def test_registry_figures_are_measured(name):
     info = cspnet.model_info(name)
@@ -42,12 +43,14 @@ def test_registry_figures_are_measured(name):
     assert cspnet.model_info(info.twin).twin == name
 
 
+@pytest.mark.slow
 def test_densenet201_equals_torchvision_in_params_and_macs():
     ours = _meta_counts(lambda: cspnet.create_model("densenet201"))
     ref = _meta_counts(torchvision.models.densenet201)
     assert ours == ref == (20_013_928, ours[1])
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_densenet201_takes_torchvision_weights_and_matches_its_output():
     ref = torchvision.models.densenet201(num_classes=10).eval()
@@ -68,6 +71,7 @@ def test_peleenet_matches_the_pelee_paper():
     assert 2 * macs / 1e9 == pytest.approx(1.017, rel=0.005)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("csp,plain", [("cspdensenet201", "densenet201"), ("csppeleenet", "peleenet")])
 def test_twins_share_width_and_fusion_first_cuts_macs(csp, plain):
     a, b = cspnet.build_cfg(csp), cspnet.build_cfg(plain)

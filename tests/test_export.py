@@ -12,6 +12,8 @@ from cspnet.cli import main
 from cspnet.deploy.export import export, load_runner, quantize_onnx_int8
 from cspnet.errors import ConfigError, InputError
 
+pytestmark = pytest.mark.slow  # ONNX / subprocesses / end-to-end
+
 pytest.importorskip("onnxruntime")
 IMG = 32
 

@@ -75,6 +75,7 @@ def test_families_cover_the_zoo():
     assert {family(n) for n in smallest_per_family()} == {family(n) for n in list_models() if n.startswith("csp")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 def test_fuse_and_fast_path_match_plain(name):
     model = randomized(name)

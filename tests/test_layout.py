@@ -53,6 +53,7 @@ def test_no_import_circles():
     assert not circles, circles[:3]
 
 
+@pytest.mark.slow
 def test_each_module_imports_alone():
     # one interpreter; cspnet is dropped from sys.modules before each import, torch stays loaded (fast)
     code = (

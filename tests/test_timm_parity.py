@@ -25,6 +25,7 @@ def _meta_counts(model: torch.nn.Module) -> tuple[int, int]:
     return count_params(model), count_macs(model, 224)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SHARED)
 def test_params_and_macs_equal_timm(name):
     with torch.device("meta"):
@@ -33,6 +34,7 @@ def test_params_and_macs_equal_timm(name):
     assert _meta_counts(ours) == _meta_counts(ref)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(REFERENCE))
 def test_published_figures(name):
     with torch.device("meta"):
@@ -56,6 +58,7 @@ def _calibrate_bn(model: torch.nn.Module) -> None:
     model.eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SHARED)
 @torch.no_grad()
 def test_from_timm_outputs_match(name):

@@ -30,6 +30,7 @@ def test_zoo_has_every_pair_from_the_paper():
         assert cspnet.model_info(csp).is_csp and not cspnet.model_info(plain).is_csp
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_metadata_matches_measurement(name):
     info = cspnet.model_info(name)
@@ -38,6 +39,7 @@ def test_metadata_matches_measurement(name):
     assert info.gmacs == pytest.approx(macs / 1e9, abs=6e-4), "update gmacs in the zoo"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pair", PAIRS, ids="/".join)
 def test_csp_model_is_cheaper_than_its_twin(pair):
     csp, plain = sorted(pair, key=lambda n: not cspnet.model_info(n).is_csp)
@@ -47,6 +49,7 @@ def test_csp_model_is_cheaper_than_its_twin(pair):
     assert csp_params < plain_params or csp.startswith(("cspdense", "csppelee"))  # paper: dense twins grow slightly
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("base", ["cspresnet50", "cspresnext50", "cspdarknet53"])
 def test_fusion_last_and_both_cost_less_than_the_plain_twin(base):
     _, plain = meta_counts(cspnet.model_info(base).twin)
@@ -57,6 +60,7 @@ def test_fusion_last_and_both_cost_less_than_the_plain_twin(base):
     assert meta_counts(base, fusion="last")[1] < meta_counts(base, fusion="both")[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("base", ["cspresnet50", "cspdarknet53", "cspresnet10"])
 def test_flops_grow_with_partial_ratio(base):
     macs = [meta_counts(base, partial_ratio=g)[1] for g in (0.25, 0.5, 0.75)]
