@@ -66,6 +66,7 @@ def claim_run(project: str | Path, name: str | None, exist_ok: bool = False) -> 
     if name:
         d = project / name
         try:
+            d.parent.mkdir(parents=True, exist_ok=True)  # --name group/run
             d.mkdir()
             return RunDir(d, fresh=True)
         except FileExistsError:
