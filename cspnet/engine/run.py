@@ -67,6 +67,11 @@ def claim_run(project: str | Path, name: str | None, exist_ok: bool = False) -> 
         d = project / name
         try:
             d.parent.mkdir(parents=True, exist_ok=True)  # --name group/run
+        except (FileExistsError, NotADirectoryError):
+            raise ConfigError(
+                f"cannot create run folder {d}: a part of the path is a file; pick another --name"
+            ) from None
+        try:
             d.mkdir()
             return RunDir(d, fresh=True)
         except FileExistsError:
