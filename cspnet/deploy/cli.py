@@ -18,19 +18,15 @@ def _load_for_export(args: argparse.Namespace):
     name, overrides = args.model, dict(args.override or [])
     if args.weights:
         sd, meta = read_checkpoint(args.weights)
-        if meta and "model" in meta:  # a `cspnet <task> train` checkpoint: built as it was trained
-            from cspnet.engine.tasks.classify import model_from_meta
+        if meta is not None:  # a `cspnet <task> train` checkpoint: built as it was trained
+            from cspnet.engine.registry import load_model
 
-            if name and name != meta["model"]:
-                raise ConfigError(f"{args.weights} was trained as {meta['model']}, not {name}; drop --model")
             if overrides:
-                raise ConfigError(
-                    f"{args.weights} records its architecture ({meta['model']}, overrides {meta.get('overrides', {})});"
-                    " drop --override"
-                )
-            model = model_from_meta(meta)
-            load_into(model, sd, args.weights)
-            return model, meta["model"], meta.get("img", 224)
+                raise ConfigError(f"{args.weights} records its architecture (meta); drop --override")
+            model, meta, _ = load_model(args.weights)
+            if name and name != meta.get("model"):
+                raise ConfigError(f"{args.weights} was trained as {meta.get('model')}, not {name}; drop --model")
+            return model, meta.get("model", name or "model"), meta.get("img", 224)
         if name is None:
             raise ConfigError("--weights needs --model NAME to know the architecture (see `cspnet models`)")
         fc = sd.get("head.fc.weight")
