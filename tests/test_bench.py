@@ -34,6 +34,7 @@ def test_expand_variants_adds_twins_and_timm():
 def result():
     variants = [parse_variant(s) for s in ("cspresnet10", "resnet10", "cspresnet10@fuse+cl", "cspresnet10@ort")]
     cfg = BenchConfig(variants=variants, img_size=64, batches=(1, 2), runs=2, warmup=0, train=True, matmul_size=64)
+    cfg.max_spread = float("inf")  # structure only: no extra rounds on a busy machine
     return run_bench(cfg)
 
 
@@ -106,3 +107,86 @@ def test_time_interleaved_rotates_order():
     fns = {k: (lambda k=k: order.append(k)) for k in "abc"}
     times = time_interleaved(fns, runs=3, warmup=0, rotate=True)
     assert order == list("abcbcacab") and all(len(v) == 3 for v in times.values())
+
+
+# ---------------------------------------------------------------- issue #9: measurements under load
+
+
+def fake_clock(durations):
+    """A clock whose every timed call lasts the next of `durations` seconds (cycled)."""
+    import itertools
+
+    it, t, calls = itertools.cycle(durations), [0.0], [0]
+
+    def clock() -> float:
+        calls[0] += 1
+        if calls[0] % 2 == 0:  # the second reading of a sample: advance by the injected duration
+            t[0] += next(it)
+        return t[0]
+
+    return clock
+
+
+@pytest.fixture
+def quiet_machine(monkeypatch):
+    from cspnet.bench import measure
+
+    monkeypatch.setattr(measure, "load_average", lambda: 0.0)
+    return measure
+
+
+def test_noisy_timings_are_marked_not_reported(quiet_machine, monkeypatch, capsys):
+    monkeypatch.setattr(quiet_machine, "clock", fake_clock([0.001, 0.004, 0.001, 0.001, 0.004, 0.004, 0.001]))
+    argv = ["compare", "resnet10", "cspresnet10", "--img", "32", "--runs", "4", "--warmup", "0"]
+    assert main(argv + ["--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["noise"]["noisy"] and r["noise"]["rounds"] == 3 and r["noise"]["runs"] == 12  # more rounds first
+    assert r["models"]["cspresnet10"]["ratio_vs_first_noise"] > 1.5
+    assert any("timings are noisy" in w for w in r["warnings"])
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "median latency x~" in out and "(noisy: p75/p25 " in out and "12 interleaved runs" in out
+
+
+def test_steady_timings_give_plain_ratios(quiet_machine, monkeypatch, capsys):
+    monkeypatch.setattr(quiet_machine, "clock", fake_clock([0.002]))
+    assert main(["compare", "resnet10", "cspresnet10", "--img", "32", "--runs", "3", "--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "median latency x1.00" in out and "~" not in out and "warning" not in out
+
+
+def test_bench_report_marks_noisy_twin_ratios(quiet_machine, monkeypatch):
+    monkeypatch.setattr(quiet_machine, "clock", fake_clock([0.001, 0.005, 0.001, 0.005, 0.005]))
+    cfg = BenchConfig([Variant("cspresnet10"), Variant("resnet10")], img_size=32, runs=3, warmup=0, memory=False)
+    cfg.matmul_size = 32
+    result = run_bench(cfg)
+    assert result["noisy"] and result["groups"][0]["noise"]["max_spread"] > 1.5
+    md = markdown(result)
+    assert "**Warning:** timings are noisy" in md and "| ~" in md and "(noisy: p75/p25" in md
+
+
+def test_busy_machine_warns_and_uses_the_free_cores(monkeypatch):
+    from cspnet.bench import measure
+
+    monkeypatch.setattr(measure, "load_average", lambda: 14.0)
+    monkeypatch.setattr(measure.os, "cpu_count", lambda: 16)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    threads, notes = measure.busy_threads(8)
+    assert threads == 2 and "1-min load average 14.0 is above the 8 thread(s)" in notes[0]
+    assert "using 2 thread(s) instead of 8" in notes[1] and "OMP_WAIT_POLICY=PASSIVE" in notes[2]
+    assert measure.busy_threads(8, explicit=True)[0] == 8  # the user's --threads is kept, with the warning
+    monkeypatch.setattr(measure, "load_average", lambda: 3.0)
+    assert measure.busy_threads(8) == (8, [])
+
+
+def test_memory_profiling_prints_no_profiler_logs(capfd):
+    """`bench --fuse` printed kineto's USDT profiler_start/stop and 'ERROR: gpuGetDeviceCount' lines on CPU."""
+    import torch
+
+    from cspnet.bench.harness import profile_peak_memory
+
+    a = torch.randn(64, 64)
+    for _ in range(2):
+        assert profile_peak_memory(lambda: a @ a) >= 64 * 64 * 4
+    err = capfd.readouterr().err
+    assert "USDT" not in err and "profiler_st" not in err and "gpuGetDeviceCount" not in err, err

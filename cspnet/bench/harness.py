@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 import platform
+import re
+import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cspnet.bench.measure import count_macs, count_params, summarize, time_interleaved
+from cspnet.bench import measure
+from cspnet.bench.measure import (
+    MAX_SPREAD,
+    busy_threads,
+    count_macs,
+    count_params,
+    ratio_noise,
+    summarize,
+    time_interleaved,
+)
 from cspnet.errors import ConfigError
 from cspnet.nn.bn import calibrate_bn
 
@@ -81,6 +93,7 @@ class BenchConfig:
     num_classes: int = 1000
     calibrate_bn: bool = True
     seed: int = 0
+    max_spread: float = MAX_SPREAD  # p75/p25 above this: more rounds, then ratios marked noisy
     extra: dict = field(default_factory=dict)
 
 
@@ -212,13 +225,41 @@ class Runner:
         return profile_peak_memory(self.step) / 2**20
 
 
+# what the profiler's C++ side (kineto) prints on every start/stop on a CPU machine; not errors of the user's
+PROFILER_NOISE = re.compile(r"USDT:|profiler_start|profiler_stop|gpuGetDeviceCount|cudaGetDeviceCount")
+
+
+@contextmanager
+def quiet_profiler_logs() -> Iterator[None]:
+    """Hold back kineto's log lines (written to file descriptor 2 by C++, so Python cannot filter them) and pass
+    any other stderr output of the block through."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            kept = [ln for ln in tmp.read().decode(errors="replace").splitlines() if not PROFILER_NOISE.search(ln)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr)
+
+
 def profile_peak_memory(fn: Callable[[], object]) -> int:
     """Peak live bytes of tensors allocated inside `fn`, from torch.profiler's memory timeline."""
     from torch.profiler import ProfilerActivity, profile
     from torch.profiler._memory_profiler import Action
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
-        fn()
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # no "ERROR: gpuGetDeviceCount failed" on machines without CUDA
+    with quiet_profiler_logs():
+        with profile(
+            activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
+        ) as prof:
+            fn()
     cur = peak = 0
     for _, action, _, size in prof._memory_profile().timeline:
         if action == Action.CREATE:
@@ -238,7 +279,7 @@ def run_group(cfg: BenchConfig, batch: int, train: bool) -> dict:
     a, b = torch.randn(n, n), torch.randn(n, n)
     fns: dict[str, Callable[[], object]] = {MATMUL: lambda: torch.mm(a, b)}
     fns.update({k: r.step for k, r in runners.items()})
-    times = time_interleaved(fns, runs=cfg.runs, warmup=cfg.warmup, rotate=True)
+    times, noise = time_until_steady(fns, cfg.runs, cfg.warmup, cfg.max_spread)
     mm = summarize(times[MATMUL])
     peak_gflops = 2 * n**3 / (mm["median_ms"] / 1e3) / 1e9
     flops_per_mac = 6 if train else 2  # backward ~ 2x forward
@@ -259,17 +300,61 @@ def run_group(cfg: BenchConfig, batch: int, train: bool) -> dict:
             "peak_share": gflops / peak_gflops,
             "peak_mem_mb": r.peak_memory_mb() if cfg.memory else None,
         }
-    add_ratios(rows)
+    add_ratios(rows, cfg.max_spread)
     return {
         "mode": "train" if train else "infer",
         "batch": batch,
         "matmul": {"n": n, **mm, "gflops": peak_gflops},
         "rows": rows,
+        "noise": noise,
     }
 
 
-def add_ratios(rows: dict[str, dict]) -> None:
-    """Latency relative to the plain twin (same source and options) and to timm's same model (same options)."""
+def time_until_steady(
+    fns: dict[str, Callable[[], object]], runs: int, warmup: int, max_spread: float = MAX_SPREAD, max_rounds: int = 3
+) -> tuple[dict[str, list[float]], dict]:
+    """time_interleaved, then up to max_rounds - 1 more rounds of `runs` while some p75/p25 is above max_spread.
+
+    Returns the samples and a noise record: load before/after, the worst spread, rounds, and warnings.
+    """
+    load_before = measure.load_average()
+    times = time_interleaved(fns, runs=runs, warmup=warmup, rotate=True)
+    rounds = 1
+    worst = max(summarize(v)["spread"] for v in times.values())
+    while worst > max_spread and rounds < max_rounds:
+        more = time_interleaved(fns, runs=runs, warmup=0, rotate=True)
+        times = {k: times[k] + more[k] for k in times}
+        rounds += 1
+        worst = max(summarize(v)["spread"] for v in times.values())
+    load_after = measure.load_average()
+    noise = {
+        "load_1min_before": load_before,
+        "load_1min_after": load_after,
+        "threads": torch.get_num_threads(),
+        "max_spread": worst,
+        "spread_limit": max_spread,
+        "rounds": rounds,
+        "runs": rounds * runs,
+        "noisy": worst > max_spread,
+        "warnings": [],
+    }
+    if worst > max_spread:
+        noise["warnings"].append(
+            f"timings are noisy: p75/p25 up to {worst:.1f} (limit {max_spread:g}) after {rounds * runs} runs; "
+            "ratios the noise swamps are marked ~ and are no result"
+        )
+    if load_after is not None and load_after > noise["threads"]:
+        noise["warnings"].append(
+            f"1-min load average {load_after:.1f} during the run, above the {noise['threads']} thread(s) used"
+        )
+    return times, noise
+
+
+def add_ratios(rows: dict[str, dict], max_spread: float = MAX_SPREAD) -> None:
+    """Latency relative to the plain twin (same source and options) and to timm's same model (same options).
+
+    Each ratio whose samples are too spread to support it gets `<ratio>_noise` = the worst p75/p25 (else None).
+    """
     from cspnet.models import model_info
 
     by_key = {(r["name"], r["source"], tuple(r["opts"])): r for r in rows.values()}
@@ -281,13 +366,16 @@ def add_ratios(rows: dict[str, dict]) -> None:
         if twin is not None and info.is_csp:
             r["twin"] = info.twin
             r["ratio_vs_twin"] = r["median_ms"] / twin["median_ms"]
+            r["ratio_vs_twin_noise"] = ratio_noise(r, twin, max_spread)
             r["macs_ratio_vs_twin"] = r["macs"] / twin["macs"]
         ref = by_key.get((r["name"], "timm", ())) or by_key.get((r["name"], "timm", tuple(r["opts"])))
         same = by_key.get((r["name"], "timm", tuple(r["opts"])))
         if ref is not None:
             r["ratio_vs_timm_eager"] = r["median_ms"] / ref["median_ms"]
+            r["ratio_vs_timm_eager_noise"] = ratio_noise(r, ref, max_spread)
         if same is not None:
             r["ratio_vs_timm_same_opts"] = r["median_ms"] / same["median_ms"]
+            r["ratio_vs_timm_same_opts_noise"] = ratio_noise(r, same, max_spread)
 
 
 def run_bench(cfg: BenchConfig) -> dict:
@@ -300,12 +388,19 @@ def run_bench(cfg: BenchConfig) -> dict:
         raise ConfigError("runs and batch sizes must be >= 1")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    threads, warnings = busy_threads(torch.get_num_threads(), explicit=bool(cfg.threads))
+    torch.set_num_threads(threads)
     groups = [run_group(cfg, b, False) for b in cfg.batches]
     if cfg.train:
         train_variants = [v for v in cfg.variants if not {"fuse", "ort", "compile"} & set(v.opts)]
         tcfg = BenchConfig(**{**cfg.__dict__, "variants": train_variants})
         groups += [run_group(tcfg, b, True) for b in cfg.batches]
+    busy = any(w.startswith("machine busy") for w in warnings)
+    for g in groups:
+        warnings += [w for w in g["noise"]["warnings"] if w not in warnings and not (busy and w.startswith("1-min"))]
     return {
+        "warnings": warnings,
+        "noisy": any(g["noise"]["noisy"] for g in groups),
         "machine": machine_info(torch.get_num_threads()),
         "config": {
             "img_size": cfg.img_size,

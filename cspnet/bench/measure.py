@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -33,6 +34,10 @@ def count_macs(
     return counter.get_total_flops() // 2
 
 
+clock: Callable[[], float] = time.perf_counter  # the timer (tests inject a noisy one)
+MAX_SPREAD = 1.5  # p75/p25 above this: the samples are too noisy for a ratio of medians to be a result
+
+
 def time_interleaved(
     fns: dict[str, Callable[[], object]], runs: int = 20, warmup: int = 3, rotate: bool = False
 ) -> dict[str, list[float]]:
@@ -50,10 +55,10 @@ def time_interleaved(
         k = i % len(items) if rotate else 0
         for name, fn in items[k:] + items[:k]:
             sync()
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
             sync()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
     return times
 
 
@@ -61,4 +66,43 @@ def summarize(samples: list[float]) -> dict[str, float]:
     """Median and spread (interquartile range) of latency samples, in milliseconds."""
     ms = sorted(s * 1e3 for s in samples)
     q = statistics.quantiles(ms, n=4) if len(ms) >= 2 else [ms[0]] * 3
-    return {"median_ms": statistics.median(ms), "p25_ms": q[0], "p75_ms": q[2], "min_ms": ms[0]}
+    spread = q[2] / q[0] if q[0] > 0 else float("inf")
+    return {"median_ms": statistics.median(ms), "p25_ms": q[0], "p75_ms": q[2], "min_ms": ms[0], "spread": spread}
+
+
+def load_average() -> float | None:
+    """The machine's 1-minute load average (None where the OS has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+
+
+def ratio_noise(a: dict, b: dict, max_spread: float = MAX_SPREAD) -> float | None:
+    """The larger p75/p25 of two latency summaries when it is above max_spread (their ratio is then swamped by the
+    noise and is no result), else None."""
+    worst = max(a.get("spread", 1.0), b.get("spread", 1.0))
+    return worst if worst > max_spread else None
+
+
+def format_ratio(ratio: float, noise: float | None, spec: str = ".2f") -> str:
+    """`0.84`, or `~1.00 (noisy: p75/p25 1.9)` when the noise swamps it."""
+    return format(ratio, spec) if noise is None else f"~{ratio:{spec}} (noisy: p75/p25 {noise:.1f})"
+
+
+def busy_threads(threads: int, explicit: bool = False) -> tuple[int, list[str]]:
+    """(threads to use, warnings) for the current load: when the 1-min load average is above the thread count,
+    other jobs hold the cores; use the free ones unless the user chose the count, and say so."""
+    load, cpus = load_average(), os.cpu_count() or 1
+    if load is None or load <= threads:
+        return threads, []
+    notes = [f"machine busy: 1-min load average {load:.1f} is above the {threads} thread(s) used, on {cpus} CPUs"]
+    free = max(1, int(cpus - load + 0.5))
+    if not explicit and free < threads:
+        notes.append(f"using {free} thread(s) instead of {threads} (pass --threads to choose)")
+        threads = free
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        notes.append(
+            "set OMP_WAIT_POLICY=PASSIVE before starting: spin-waiting OpenMP threads inflate latencies when cores are shared"
+        )
+    return threads, notes

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cspnet.bench.measure import format_ratio
+
 
 def _fmt(x: float | None, spec: str) -> str:
     return "-" if x is None else format(x, spec)
@@ -22,6 +24,7 @@ def markdown(result: dict) -> str:
         f"Input {c['img_size']}x{c['img_size']}, {c['dtype']}, {c['runs']} interleaved runs per variant "
         f"(after {c['warmup']} warm-up), median latency; spread = p25-p75.",
     ]
+    lines += [f"**Warning:** {w}" for w in result.get("warnings", [])]
     for g in result["groups"]:
         mm = g["matmul"]
         lines += [
@@ -34,8 +37,13 @@ def markdown(result: dict) -> str:
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for label, r in g["rows"].items():
-            twin = f"{r['ratio_vs_twin']:.2f} ({r['macs_ratio_vs_twin']:.2f})" if "ratio_vs_twin" in r else "-"
-            timm = _fmt(r.get("ratio_vs_timm_same_opts", r.get("ratio_vs_timm_eager")), ".2f")
+            twin = "-"
+            if "ratio_vs_twin" in r:
+                twin = (
+                    f"{format_ratio(r['ratio_vs_twin'], r.get('ratio_vs_twin_noise'))} ({r['macs_ratio_vs_twin']:.2f})"
+                )
+            key = "ratio_vs_timm_same_opts" if "ratio_vs_timm_same_opts" in r else "ratio_vs_timm_eager"
+            timm = format_ratio(r[key], r.get(f"{key}_noise")) if key in r else "-"
             lines.append(
                 f"| {label} | {r['params'] / 1e6:.2f} | {r['macs'] / 1e9:.2f} | {r['median_ms']:.1f} | "
                 f"{r['p25_ms']:.1f}-{r['p75_ms']:.1f} | {r['images_per_s']:.1f} | {r['gflops']:.0f} | "
