@@ -3,8 +3,8 @@
 The table runs the CLI in-process (cspnet.cli.main). To add a case, append a row to ROWS:
     (argv, expected exit code, fragment of the error line)
 argv items may use the placeholders of `paths()`: {file} an existing file, {dir} an existing folder, {missing} a
-path that does not exist, {cfg} a tiny darknet cfg, {weights} its .weights, {ckpt} a `classify` checkpoint
-(built on demand), {pickle_st} a pickle named .safetensors, {tmp} the test's folder.
+path that does not exist, {cfg} a tiny darknet cfg, {weights} its .weights, {data} a tiny image folder (train/val,
+2 classes), {ckpt} a `classify` checkpoint of resnet10, {pickle_st} a pickle named .safetensors, {tmp} the folder.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,6 +93,71 @@ ROWS: list[tuple[list[str], int, str]] = [
     (["darknet", "convert", "{cfg}", "{weights}", "{weights}", "--force"], 2, "is also the input weights"),
     (["darknet", "convert", "{cfg}", "{weights}", "{dir}"], 2, "is a folder; pass a file"),
     (["darknet", "convert", "{cfg}", "{file}", "{tmp}/o.safetensors"], 2, "too short for a darknet header"),
+    # classify train (engine): numbers at parse time, paths before any training
+    *[
+        (["classify", "train", "--model", "resnet10", "--data", "{data}", flag, value], 2, frag)
+        for flag, value, frag in [
+            ("--img", "0", IMG),
+            ("--img", "-3", IMG),
+            ("--epochs", "0", NUM),
+            ("--batch", "0", NUM),
+            ("--accumulate", "0", NUM),
+            ("--subset", "0", NUM),
+            ("--val-subset", "-1", NUM),
+            ("--workers", "-1", "must be an integer >= 0"),
+            ("--lr", "0", "must be a number > 0"),
+            ("--lr", "-1", "must be a number > 0"),
+            ("--weight-decay", "-1", "must be a number >= 0"),
+            ("--warmup-epochs", "-1", "must be a number >= 0"),
+            ("--mixup", "-1", "must be a number >= 0"),
+            ("--cutmix", "-1", "must be a number >= 0"),
+            ("--momentum", "1.5", "must be in [0, 1]"),
+            ("--min-lr", "2", "must be in [0, 1]"),
+            ("--ema-decay", "1.5", "must be in [0, 1]"),
+            ("--scale", "1.5", "must be in [0, 1]"),
+            ("--label-smoothing", "1.5", "must be in [0, 1]"),
+            ("--project", "{file}", "is a file"),
+        ]
+    ],
+    (["classify", "train", "--model", "resnet10", "--data", "{missing}"], 2, "not found"),
+    (["classify", "train", "--model", "resnet10", "--data", "{file}"], 2, "has no 'train' split"),
+    (["classify", "train", "--resume", "{missing}"], 2, "not found"),
+    (
+        ["classify", "train", "--model", "resnet10", "--data", "{data}", "--weights", "{pickle_st}"]
+        + ["--project", "{tmp}/runs", "--batch", "2", "--img", "8", "--workers", "0", "--epochs", "1"],
+        2,
+        "as .safetensors (it is a zip: a torch file named .safetensors?",
+    ),
+    # classify val / predict (engine)
+    (["classify", "val", "--weights", "{ckpt}", "--data", "{data}", "--batch", "0"], 2, NUM),
+    (["classify", "val", "--weights", "{ckpt}", "--data", "{data}", "--img", "0"], 2, IMG),
+    (["classify", "val", "--weights", "{ckpt}", "--data", "{data}", "--workers", "-1"], 2, "must be an integer >= 0"),
+    (
+        ["classify", "val", "--weights", "{ckpt}", "--data", "{data}", "--confusion", "{file}"],
+        2,
+        "exists; pass --force",
+    ),
+    (["classify", "val", "--weights", "{ckpt}", "--data", "{missing}"], 2, "not found"),
+    (["classify", "val", "--weights", "{ckpt}", "--data", "{data}", "--split", "nosuch"], 2, "no 'nosuch' split"),
+    (["classify", "val", "--weights", "{missing}", "--data", "{data}"], 2, "not found"),
+    (["classify", "val", "--weights", "{file}", "--data", "{data}"], 2, "cannot read"),
+    (["classify", "predict", "--weights", "{ckpt}", "{file}", "--topk", "0"], 2, NUM),
+    (["classify", "predict", "--weights", "{ckpt}", "{file}", "--topk", "-1"], 2, NUM),
+    (["classify", "predict", "--weights", "{ckpt}", "{file}", "--img", "0"], 2, IMG),
+    (["classify", "predict", "--weights", "{ckpt}", "{file}", "--json", "{file}"], 2, "exists; pass --force"),
+    (["classify", "predict", "--weights", "{missing}", "{file}"], 2, "not found"),
+    # export of a training checkpoint: its meta decides the architecture
+    (["export", "--weights", "{ckpt}", "--model", "cspresnet10"], 2, "was trained as resnet10, not cspresnet10"),
+    (["export", "--weights", "{ckpt}", "--override", "act=mish"], 2, "drop --override"),
+    # ablate
+    *[
+        (["ablate", "--base", "resnet10", "--data", "{data}", flag, value], 2, "must be at least 1")
+        for flag, value in [("--seeds", "0"), ("--jobs", "0"), ("--epochs", "0"), ("--img", "0"), ("--batch", "0")]
+        + [("--threads", "0"), ("--latency-runs", "0")]
+    ],
+    (["ablate", "--base", "resnet10", "--data", "{missing}"], 2, "not found"),
+    (["ablate", "--base", "nosuch", "--data", "{data}"], 2, "unknown model 'nosuch'"),
+    (["ablate", "--base", "resnet10", "--data", "{data}", "--grid", "bogus"], 2, "bad grid entry 'bogus'"),
 ]
 
 
@@ -106,7 +172,18 @@ def paths(tmp_path_factory) -> dict[str, str]:
 
     write_weights(DarknetModel.from_cfg(tmp / "tiny.cfg"), tmp / "tiny.weights")
     torch.save({"x": torch.zeros(1)}, tmp / "pickle.safetensors")
+    from conftest import _make_folder
+
+    from cspnet.engine.checkpoint import save_checkpoint
+    from cspnet.models import create_model
+
+    _make_folder(tmp / "data")
+    meta = {"model": "resnet10", "num_classes": 2, "classes": ["a", "b"], "img": 8, "overrides": {}}
+    sd = create_model("resnet10", num_classes=2).state_dict()
+    save_checkpoint({"model": sd, "model_ema": None, "task": "classify", "meta": meta}, tmp / "last.pt")
     return {
+        "data": str(tmp / "data"),
+        "ckpt": str(tmp / "last.pt"),
         "file": str(tmp / "exists.txt"),
         "dir": str(tmp / "folder"),
         "missing": str(tmp / "missing.bin"),
@@ -138,12 +215,14 @@ def check_one_line_error(rc: int, out: str, err: str, code: int, fragment: str) 
 
 @pytest.mark.parametrize("argv, code, fragment", ROWS, ids=[" ".join(r[0]) for r in ROWS])
 def test_bad_input(argv, code, fragment, paths, capsys):
-    before = sorted(p.name for p in __import__("pathlib").Path(paths["tmp"]).rglob("*"))
+    before = files(paths["tmp"])
     rc, out, err = run_cli([a.format(**paths) for a in argv], capsys)
     check_one_line_error(rc, out, err, code, fragment)
-    after = sorted(p.name for p in __import__("pathlib").Path(paths["tmp"]).rglob("*"))
-    assert after == before  # a refused command writes nothing
-    assert paths and open(paths["file"]).read() == "hello\n"  # nor overwrites anything
+    assert files(paths["tmp"]) == before  # a refused command writes no file and changes none
+
+
+def files(root: str) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in Path(root).rglob("*") if p.is_file()}
 
 
 def test_unexpected_error_is_one_line_and_debug_shows_the_traceback(monkeypatch, capsys):
