@@ -16,6 +16,8 @@ from torch.utils.data.distributed import DistributedSampler
 
 from cspnet.cli import main
 
+pytestmark = pytest.mark.slow  # end to end: subprocesses, torchrun, real data
+
 METRICS = ("train/loss", "train/top1", "val/loss", "val/top1", "val/top5", "lr")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -69,8 +71,6 @@ DDP_SCRIPT = """
 import json, os, sys
 from cspnet.cli import build_parser
 from cspnet.engine.cli import build_trainer
-
-pytestmark = pytest.mark.slow  # end to end: subprocesses, torchrun, real data
 
 trainer, resume = build_trainer(build_parser().parse_args(sys.argv[1:]))
 metrics = trainer.fit(resume)

@@ -123,13 +123,17 @@ class _Elsewhere:
         pass
 
 
+def _init_distributed(device: str) -> None:
+    """Under torchrun, the process group before the run folder: rank 0 takes it and tells the others."""
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        dist.setup(device)
+
+
 def build_trainer(args: argparse.Namespace) -> tuple[Trainer, str | None]:
     """The Trainer a `<task> train` command line asks for, and the checkpoint to resume from (or None)."""
     spec: TaskSpec = args.task_spec
     task_fields = {f.name for f in dataclasses.fields(spec.cfg)}
     given = {k: v for k, v in vars(args).items() if k in task_fields | TRAIN_FIELDS and v is not None}
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        dist.setup(given.get("device", "auto"))  # the process group first: rank 0 shares the run folder
     resume = None
     if args.resume:
         from cspnet.engine.checkpoint import load_checkpoint
@@ -149,6 +153,7 @@ def build_trainer(args: argparse.Namespace) -> tuple[Trainer, str | None]:
         if ckpt.get("task") != spec.name or not isinstance(ckpt.get("args"), dict):
             raise InputError(f"{resume} is not a checkpoint of `cspnet {spec.name} train`; pass its last.pt")
         values = _resume_values(spec, resume, ckpt, given)
+        _init_distributed(values["device"])
         folder = run_dir_of(resume)
         run = hold_run(folder) if dist.is_main() else _Elsewhere(folder)
     else:
@@ -157,6 +162,7 @@ def build_trainer(args: argparse.Namespace) -> tuple[Trainer, str | None]:
             raise ConfigError(f"{spec.name} train needs {' and '.join(missing)} (or --resume)")
         defaults = {**dataclasses.asdict(TrainCfg()), **spec.train_defaults}
         values = {**defaults, **{f.name: getattr(spec.cfg(), f.name) for f in dataclasses.fields(spec.cfg)}, **given}
+        _init_distributed(values["device"])
         run = _claim(args.project, args.name, args.exist_ok)
     values["save_dir"] = str(run.path)
     try:
