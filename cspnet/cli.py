@@ -143,10 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if debug:
             traceback.print_exc()
-        print(
-            f"cspnet: error: unexpected {type(e).__name__}: {_one_line(e)} (run with --debug for the traceback)",
-            file=sys.stderr,
-        )
+        what = f"{type(e).__name__}: {_one_line(e)}" if str(e).strip() else type(e).__name__
+        print(f"cspnet: error: unexpected {what} (run with --debug for the traceback)", file=sys.stderr)
         return 1
 
 
