@@ -191,13 +191,16 @@ def open_yolo(yaml_path: Path, split: str) -> DetSource:
                 continue
             rec.boxes, rec.classes = parsed
         records.append(rec)
-    # label files without an image: reported, skipped
-    stems = {_label_path(p) for p in images}
-    label_dirs = {_label_path(p).parent for p in images}
-    for d in sorted(label_dirs):
-        for lbl in sorted(d.glob("*.txt")):
-            if lbl not in stems:
-                LOG.warning(f"{lbl}: label file without an image (no {lbl.stem}.* in the image folder); skipped")
+    # label files without an image (in split folders; a .txt image list names its own images): reported, skipped
+    have = {_label_path(p) for p in images}
+    entries = cfg[split] if isinstance(cfg[split], list) else [cfg[split]]
+    for e in entries:
+        d = (root / str(e)).resolve()
+        labels = _label_path(d / "x.jpg").parent
+        if d.is_dir() and labels != d and labels.is_dir():
+            for lbl in sorted(labels.rglob("*.txt")):
+                if lbl not in have:
+                    LOG.warning(f"{lbl}: label file without an image (no {lbl.stem}.* in {d}); skipped")
     return DetSource(records, names, f"{yaml_path}:{split}", "yolo")
 
 

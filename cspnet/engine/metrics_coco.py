@@ -170,5 +170,7 @@ class CocoMetric(GatherMetric):
 
         plot_pr_curve(self.details.get("precision"), self.details.get("cat_ids", []), self.source, paths["pr_curve"])
         names = [*self.source.names, "background"]
-        plot_confusion(self.details.get("confusion") or [[0] * len(names)] * len(names), names, paths["confusion"])
+        cm = np.asarray(self.details.get("confusion") or [[0] * len(names)] * len(names))
+        seen = [i for i in range(len(names)) if cm[i].any() or cm[:, i].any() or i == len(names) - 1]
+        plot_confusion(cm[np.ix_(seen, seen)].tolist(), [names[i] for i in seen], paths["confusion"])  # classes seen
         return paths
