@@ -22,6 +22,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from cspnet.data.detection import DetSource
+from cspnet.data.images import to_rgb
 
 LOG = logging.getLogger("cspnet.data")
 FILL = 114
@@ -44,9 +45,10 @@ class AugCfg:
 
 
 def read_image(path: str, long_side: int | None = None) -> torch.Tensor:
-    """uint8 RGB (3, H, W) from any PIL-readable file: 16-bit scaled to 8-bit (not clipped), grayscale replicated.
+    """uint8 RGB (3, H, W) of an image file (cspnet.data.images.to_rgb: 16-bit scaled, grayscale replicated).
 
     long_side: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (PIL draft mode) while its long side stays >= it.
+    No EXIF rotation: boxes refer to the stored pixels.
     """
     with Image.open(path) as im:
         if long_side and im.format == "JPEG":
@@ -55,13 +57,7 @@ def read_image(path: str, long_side: int | None = None) -> torch.Tensor:
             if k >= 2:
                 im.draft("RGB", (math.ceil(w / k), math.ceil(h / k)))
         im.load()
-        if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-            a = np.asarray(im, dtype=np.float32)
-            if im.mode != "F" and (im.mode.startswith("I;16") or a.max() > 255):
-                a = a / 257.0  # 0..65535 -> 0..255
-            a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
-            return torch.from_numpy(a)[None].expand(3, -1, -1).contiguous()
-        rgb = im.convert("RGB")
+        rgb = to_rgb(im)
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
 
 

@@ -19,25 +19,7 @@ import torch
 
 from cspnet.data.boxes import postprocess, unletterbox
 from cspnet.data.detection import DetSource, to_coco_gt
-
-try:  # TEMPORARY until the engine's metric protocol is on main
-    from cspnet.engine.metrics import GatherMetric
-except ImportError:
-
-    class GatherMetric:  # type: ignore[no-redef]
-        def __init__(self) -> None:
-            self.reset()
-
-        def reset(self) -> None:
-            self.kept: list = []
-
-        def update(self, preds, batch) -> None:
-            self.kept.extend(self.records(preds, batch))
-
-        def compute(self) -> dict:
-            return self.evaluate(self.kept)
-
-
+from cspnet.engine.metrics import GatherMetric
 from cspnet.io import atomic_write
 
 

@@ -15,6 +15,7 @@ from cspnet.errors import ConfigError, InputError
 # task name -> the module whose import registers it (imported on first use, so `cspnet` starts fast)
 TASK_MODULES: dict[str, str] = {
     "classify": "cspnet.engine.tasks.classify_cli",
+    "detect": "cspnet.engine.tasks.detect_cli",
 }
 
 Command = Callable[[argparse.Namespace], int]
