@@ -82,6 +82,7 @@ def test_pretrained_true_means_timm_weights(monkeypatch):
         raise OSError("Network is unreachable")
 
     monkeypatch.setattr(timm, "create_model", offline)
+    monkeypatch.setattr("cspnet.models.weights.hub_reachable", lambda: True)  # no network use in tests
     with pytest.raises(cspnet.InputError, match=r"could not fetch timm weights for cspresnet50 \(OSError\); offline\?"):
         cspnet.create_model("cspresnet50", pretrained=True)
     assert calls == [("cspresnet50", True)]
@@ -151,3 +152,23 @@ def test_damaged_darknet_weights_are_refused_and_load_nothing(tmp_path):
         with pytest.raises(cspnet.InputError, match="truncated|too short|cut off|damaged"):
             read_weights(model, tmp_path / "bad.weights")
         assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), what
+
+
+def test_offline_machine_uses_the_hub_cache_only(monkeypatch):
+    """Without a network, timm's download would retry for a minute: the hub is switched to its cache for the call."""
+    timm = pytest.importorskip("timm")
+    constants = pytest.importorskip("huggingface_hub.constants")
+    from cspnet.models import weights
+
+    seen = []
+
+    def create(name, pretrained=False, **kw):
+        seen.append(constants.HF_HUB_OFFLINE)
+        raise OSError("not in cache")
+
+    monkeypatch.setattr(timm, "create_model", create)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(weights, "hub_reachable", lambda: False)
+    with pytest.raises(cspnet.InputError, match="could not fetch timm weights"):
+        cspnet.create_model("cspresnet50", pretrained=True)
+    assert seen == [True] and constants.HF_HUB_OFFLINE is False  # restored

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+import socket
 import warnings
 import zipfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -146,6 +149,32 @@ def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str
     model.load_state_dict(state_dict, strict=False)
 
 
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """Whether the weights hub answers at all (one TCP connect), so an offline machine fails in seconds."""
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def _hub_offline_unless_reachable() -> Iterator[None]:
+    """Without a network, use the Hugging Face cache only: no minute of retries, an immediate 'not in cache'."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        yield
+        return
+    saved = constants.HF_HUB_OFFLINE
+    if not saved and not hub_reachable():
+        constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
 def load_pretrained(model: nn.Module, pretrained: str | bool, timm_name: str | None = None) -> None:
     """pretrained='timm' (or True: the default source, as in timm) converts timm's ImageNet weights for
     `timm_name`; a string is a local file path."""
@@ -166,7 +195,8 @@ def load_pretrained(model: nn.Module, pretrained: str | bool, timm_name: str | N
         try:
             import timm
 
-            ref = timm.create_model(timm_name, pretrained=True)
+            with _hub_offline_unless_reachable():
+                ref = timm.create_model(timm_name, pretrained=True)
         except ImportError:
             raise ConfigError("pretrained='timm' needs timm: pip install 'cspnet[timm]'") from None
         except Exception as e:
