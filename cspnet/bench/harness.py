@@ -234,7 +234,11 @@ def quiet_profiler_logs() -> Iterator[None]:
     """Hold back kineto's log lines (written to file descriptor 2 by C++, so Python cannot filter them) and pass
     any other stderr output of the block through."""
     sys.stderr.flush()
-    saved = os.dup(2)
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to filter
+        yield
+        return
     with tempfile.TemporaryFile(mode="w+b") as tmp:
         os.dup2(tmp.fileno(), 2)
         try:
