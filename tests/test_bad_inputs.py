@@ -149,6 +149,45 @@ ROWS: list[tuple[list[str], int, str]] = [
     # export of a training checkpoint: its meta decides the architecture
     (["export", "--weights", "{ckpt}", "--model", "cspresnet10"], 2, "was trained as resnet10, not cspresnet10"),
     (["export", "--weights", "{ckpt}", "--override", "act=mish"], 2, "drop --override"),
+    # detect train / val / predict
+    *[
+        (["detect", "train", "--model", "yolov4-tiny", "--data", "{data}", flag, value], 2, frag)
+        for flag, value, frag in [
+            ("--img", "0", IMG),
+            ("--img", "-32", IMG),
+            ("--img", "100", "multiple of 32, got 100; try 96"),
+            ("--epochs", "0", NUM),
+            ("--batch", "0", NUM),
+            ("--subset", "0", NUM),
+            ("--close-mosaic", "-1", "must be an integer >= 0"),
+            ("--lr", "0", "must be a number > 0"),
+            ("--width", "0", "must be a number > 0"),
+            ("--depth", "-1", "must be a number > 0"),
+            ("--degrees", "-5", "must be a number >= 0"),
+            ("--mosaic", "1.5", "must be in [0, 1]"),
+            ("--translate", "2", "must be in [0, 1]"),
+            ("--fliplr", "1.5", "must be in [0, 1]"),
+            ("--iou-thresh", "1.5", "must be in [0, 1]"),
+            ("--conf", "2", "must be in [0, 1]"),
+            ("--iou", "1.5", "must be in [0, 1]"),
+            ("--project", "{file}", "is a file"),
+        ]
+    ],
+    (["detect", "train", "--model", "yolov4-tiny", "--data", "{missing}"], 2, "not found"),
+    (["detect", "train", "--model", "yolov4-tiny", "--data", "{data}"], 2, "no data.yaml, COCO .json, VOC devkit"),
+    (["detect", "val", "--weights", "{ckpt}", "--data", "{data}", "--img", "0"], 2, IMG),
+    (["detect", "val", "--weights", "{ckpt}", "--data", "{data}", "--batch", "0"], 2, NUM),
+    (["detect", "val", "--weights", "{ckpt}", "--data", "{data}", "--max-det", "0"], 2, NUM),
+    (["detect", "val", "--weights", "{ckpt}", "--data", "{data}", "--conf", "2"], 2, "must be in [0, 1]"),
+    (["detect", "val", "--weights", "{ckpt}", "--data", "{data}", "--iou", "-1"], 2, "must be in [0, 1]"),
+    (["detect", "val", "--weights", "{ckpt}", "--data", "{data}", "--workers", "-1"], 2, "must be an integer >= 0"),
+    (["detect", "val", "--weights", "{ckpt}", "--data", "{data}"], 2, "is not a detect checkpoint"),
+    (["detect", "val", "--weights", "{missing}", "--data", "{data}"], 2, "not found"),
+    (["detect", "predict", "--weights", "{ckpt}", "{file}", "--img", "0"], 2, IMG),
+    (["detect", "predict", "--weights", "{ckpt}", "{file}", "--conf", "-1"], 2, "must be in [0, 1]"),
+    (["detect", "predict", "--weights", "{ckpt}", "{file}", "--max-det", "0"], 2, NUM),
+    (["detect", "predict", "--weights", "{ckpt}", "{file}"], 2, "is not a detect checkpoint"),
+    (["detect", "predict", "--weights", "{missing}", "{file}"], 2, "not found"),
     # ablate
     *[
         (["ablate", "--base", "resnet10", "--data", "{data}", flag, value], 2, "must be at least 1")
