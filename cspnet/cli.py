@@ -140,6 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cspnet: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `cspnet models | head`: the reader left; not an error of ours
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        except (OSError, ValueError):
+            pass
+        return 0
     except Exception as e:
         if debug:
             traceback.print_exc()

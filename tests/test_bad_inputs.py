@@ -310,3 +310,14 @@ def test_argument_types():
     ]:
         with pytest.raises(argparse.ArgumentTypeError, match=re.escape(msg)):
             fn(bad)
+
+
+@pytest.mark.slow
+def test_output_into_a_closed_pipe_is_not_an_error():
+    """`cspnet models | head -1`: the reader leaves early; no error line, exit 0."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cspnet.cli", "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    proc.stdout.close()  # before the command writes its first line (it is still importing torch)
+    assert proc.wait() == 0
+    assert proc.stderr.read() == b""
