@@ -23,7 +23,9 @@ RESUME_SAFE = ("epochs", "workers", "device")  # TrainCfg fields a --resume may 
 
 
 # ---- train ------------------------------------------------------------------------------------------------------
-def add_train_args(p: argparse.ArgumentParser, defaults: dict | None = None, project: str = "runs/exp") -> None:
+def add_train_args(
+    p: argparse.ArgumentParser, defaults: dict | None = None, project: str = "runs/exp", resume_safe: tuple = ()
+) -> None:
     """The options every task's `train` shares: how to train (TrainCfg), the run folder, resume.
 
     Defaults are None in the namespace (so --resume can tell what was given); the help shows the real default.
@@ -65,7 +67,7 @@ def add_train_args(p: argparse.ArgumentParser, defaults: dict | None = None, pro
         const="last",
         default=None,
         help="continue --name's last.pt, or PATH/TO/last.pt (the run folder is where that file is now); "
-        "--epochs, --data, --workers and --device may change, other options must match the run",
+        f"{', '.join(_flag(k) for k in (*RESUME_SAFE, *resume_safe))} may change, other options must match the run",
     )
 
 
@@ -203,7 +205,7 @@ def add_task_parser(sub: argparse._SubParsersAction, spec: TaskSpec) -> argparse
     t = tsub.add_parser("train", help=f"train a {spec.name} model (also under torchrun --nproc_per_node N)")
     if spec.add_train_args:
         spec.add_train_args(t)
-    add_train_args(t, spec.train_defaults, project=f"runs/{spec.name}")
+    add_train_args(t, spec.train_defaults, project=f"runs/{spec.name}", resume_safe=spec.resume_safe)
     t.set_defaults(func=cmd_train)
     for action, add, cmd in (("val", spec.add_val_args, spec.val), ("predict", spec.add_predict_args, spec.predict)):
         if cmd is not None:
