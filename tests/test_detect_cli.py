@@ -191,3 +191,25 @@ def test_train_run_folder(shared, tmp_path):
     assert (run / "val/predictions.json").is_file() and (run / "val/ground_truth.json").is_file()
     header = (run / "results.csv").read_text().splitlines()[0]
     assert "val/map50" in header and "val/map" in header and "train/box" in header
+
+
+@pytest.mark.slow
+def test_overfit_16_coco128_images(shared, tmp_path):
+    """Issue #10 §6: a small model trained and validated on the same 16 coco128 images reaches mAP@0.5 >= 0.5,
+    and the mAP `detect val` prints is what pycocotools gets from the JSON pair it wrote (ground truth from the txt).
+    About 50 s of CPU time (1 thread)."""
+    data = subset_yaml(tmp_path, shared, "train2017", 16)
+    run_cli(
+        "detect", "train", "--model", "yolov4-tiny", "--width", 0.125, "--data", data, "--img", 160, "--epochs", 40,
+        "--batch", 8, "--workers", 0, "--optimizer", "adamw", "--lr", 0.005, "--weight-decay", 0, "--warmup-epochs", 2,
+        "--no-ema", "--mosaic", 0, "--close-mosaic", 0, "--scale", 0, "--translate", 0, "--fliplr", 0, "--hsv-s", 0,
+        "--hsv-v", 0, "--project", tmp_path / "runs", "--name", "fit",
+    )  # fmt: skip
+    out = run_cli(
+        "detect", "val", "--weights", tmp_path / "runs/fit/weights/last.pt", "--data", data, "--workers", 0, "--json",
+        "--project", tmp_path / "runs", "--name", "val",
+    )  # fmt: skip
+    printed = json.loads(out.strip().splitlines()[0])
+    print(f"overfit 16 coco128 images: mAP@0.5 {printed['map50']:.3f}, mAP@0.5:0.95 {printed['map']:.3f}")
+    assert printed["map50"] >= 0.5
+    check_val_pair(data, tmp_path / "runs/val", printed)

@@ -33,9 +33,14 @@ def load_detector(weights: str) -> tuple[torch.nn.Module, dict]:
 
 
 def _run_folder(args: argparse.Namespace, default: str) -> Path:
+    """--project/--name, or the next free default, default2, ... (never overwrites an earlier result)."""
     from cspnet.engine.run import claim_run
 
-    return claim_run(args.project, args.name or default, args.exist_ok or not args.name).path
+    name = args.name
+    if not name:
+        taken = Path(args.project)
+        name = next(n for i in range(1, 10_000) if not (taken / (n := default if i == 1 else f"{default}{i}")).exists())
+    return claim_run(args.project, name, args.exist_ok).path
 
 
 def cmd_val(args: argparse.Namespace) -> int:
@@ -45,7 +50,7 @@ def cmd_val(args: argparse.Namespace) -> int:
     from cspnet.data.detection_aug import DetectionDataset, detection_collate
     from cspnet.engine import dist
     from cspnet.engine.metrics_coco import CocoMetric
-    from cspnet.engine.trainer import amp_dtype, evaluate
+    from cspnet.engine.trainer import ShardSampler, amp_dtype, evaluate
 
     model, meta = load_detector(args.weights)
     img = args.img or meta["img"]
@@ -57,10 +62,11 @@ def cmd_val(args: argparse.Namespace) -> int:
             "fine-tune first with `cspnet detect train --weights W --data D`"
         )
     ds = DetectionDataset(src, img)
-    loader = DataLoader(ds, args.batch, num_workers=args.workers, collate_fn=detection_collate)
+    device = dist.setup(args.device)
+    shard = ShardSampler(len(ds), dist.rank(), dist.world_size())  # under torchrun each rank scores its share
+    loader = DataLoader(ds, args.batch, sampler=shard, num_workers=args.workers, collate_fn=detection_collate)
     task = DetectTask(DetectCfg(model=meta["model"], data=args.data, img=img))
     metric = CocoMetric(src, conf=args.conf, iou=args.iou, max_det=args.max_det)
-    device = dist.setup(args.device)
     m = evaluate(model, loader, task, metric, device=device, amp=amp_dtype(args.amp, device))
     if not dist.is_main():
         return 0
