@@ -1,7 +1,8 @@
 """Training and measuring budgets: one recipe for every variant of a study.
 
 smoke: seconds, for tests. cpu: CIFAR-10 on a 2-core CPU in about 2 hours for the default grid (6 variants, 1 seed);
-the estimate is measured, see docs/results/ablation.md. full: the paper's ImageNet setting (darknet cfgs: batch 128,
+the estimate is measured, see docs/results/ablation.md. converge: a pair trained on all of CIFAR-10 until test top-1
+flattens (benchmarks/convergence.py; a GPU). full: the paper's ImageNet setting (darknet cfgs: batch 128,
 lr 0.1, momentum 0.9, decay 5e-4, 1000 warm-up steps; 1.6M steps for dense nets = 160 epochs, 800k for the others =
 80 epochs) with the engine's cosine schedule in place of darknet's poly, for ImageNet-style folders under torchrun.
 """
@@ -55,6 +56,10 @@ BUDGETS = {
     ),
     # measured: see docs/results/ablation.md "Budget" (2-core CPU); 25,000 images x 4 epochs per variant
     "cpu": Budget("cpu", img=32, epochs=4, subset=25000, val_subset=None, batch=64, workers=1),
+    # a CSP/plain pair until test top-1 flattens: all 50,000 CIFAR-10 images, small-input stem (the usual CIFAR nets)
+    "converge": Budget(
+        "converge", img=32, epochs=15, batch=256, lr=0.2, warmup_epochs=1.0, small_input=True, workers=4
+    ),
     "full": Budget(
         "full", img=224, epochs=0, batch=128, lr=0.1, weight_decay=5e-4, warmup_epochs=0.1, scale=0.08, workers=8
     ),

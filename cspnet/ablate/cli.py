@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -95,10 +96,18 @@ def run_jobs(args: argparse.Namespace, study_dir: Path) -> None:
         )
     print(f"ablate: training in {args.jobs} processes; logs in {logs}")
     failed = []
-    for i, log, p in procs:
-        if p.wait():
-            failed.append(i)
-        log.close()
+    try:
+        for i, log, p in procs:
+            if p.wait():
+                failed.append(i)
+            log.close()
+    except KeyboardInterrupt:  # pass Ctrl-C or SIGTERM on (as SIGTERM: a shell's background jobs ignore SIGINT)
+        for _, _, p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for _, _, p in procs:
+            p.wait()
+        raise
     if failed:
         raise CspnetError(
             f"training shard(s) {', '.join(map(str, failed))} failed; see {logs}/train_shard*.log, then run the same "
@@ -106,7 +115,12 @@ def run_jobs(args: argparse.Namespace, study_dir: Path) -> None:
         )
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM (timeout, a scheduler) stops like Ctrl-C: the training saves its last.pt
+
+
 def _cmd_ablate(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     budget = _budget(args)
     parts = args.parts or default_parts(budget.device)
     name = args.name or f"{args.base}_{budget.name}"

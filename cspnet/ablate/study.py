@@ -14,6 +14,7 @@ its last.pt. `parts` picks what runs: train (any device), measure (always the CP
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import time
@@ -100,6 +101,9 @@ class Study:
         else:
             if saved["base"] != c.base:
                 raise ConfigError(f"study {self.dir} has base {saved['base']!r}, not {c.base!r}; pass another --name")
+            if "train" not in c.parts:  # measuring or reporting a study: its own recipe, whatever the budget flags say
+                c.budget = dataclasses.replace(c.budget, **saved["recipe"])
+                recipe = c.budget.recipe()
             diff = {k: (saved["recipe"].get(k), v) for k, v in recipe.items() if saved["recipe"].get(k) != _plain(v)}
             if diff:
                 what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items())
