@@ -37,22 +37,31 @@ def estimate_budget(data: str, out: Path) -> dict:
 
     runs = Path("runs/ablate_budget_probe")
     shutil.rmtree(runs, ignore_errors=True)
-    load0, t0 = os.getloadavg(), time.perf_counter()
+    load0, t0, cpu0 = os.getloadavg(), time.perf_counter(), _cpu_seconds()
     argv = ["ablate", "--base", "peleenet", "--data", data, "--budget", "cpu", "--epochs", "1", "--subset", "2500"]
     argv += ["--val-subset", "1000", "--grid", "gamma=1.0", "--parts", "train", "--project", str(runs), "--name", "p"]
     assert main(argv) == 0
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
     run = json.loads((runs / "p" / "plain" / "seed0" / "train.json").read_text())
     from cspnet.ablate import get_budget
 
     b = get_budget("cpu", "peleenet")
     probe_images, budget_images = 2500 + 1000, b.epochs * (b.subset + 10000)
-    per_variant = run["wall_s_last_sitting"] * budget_images / probe_images
+    scale = budget_images / probe_images
+    per_variant = run["wall_s_last_sitting"] * scale
     est = {
         "command": "python benchmarks/ablation_doc.py --estimate-budget --data " + data,
-        "probe": {"train_images": 2500, "val_images": 1000, "wall_s": round(wall, 1), "train_img_s": run["img_s"]},
+        "probe": {
+            "train_images": 2500,
+            "val_images": 1000,
+            "wall_s": round(wall, 1),
+            "cpu_s": round(cpu, 1),  # this process and its data-loader workers, user + system
+            "train_img_s": run["img_s"],
+        },
         "per_variant_min": round(per_variant / 60, 1),
         "default_grid_6_variants_h": round(6 * per_variant / 3600, 2),
+        # on an idle machine the wall time is at most the CPU time (nothing overlaps) and at least half of it (2 cores)
+        "idle_6_variants_h": [round(6 * cpu * scale / 3600 / 2, 2), round(6 * cpu * scale / 3600, 2)],
         "load_before": [round(x, 2) for x in load0],
         "load_after": [round(x, 2) for x in os.getloadavg()],
         "cpus": os.cpu_count(),
@@ -60,6 +69,13 @@ def estimate_budget(data: str, out: Path) -> dict:
     out.write_text(json.dumps(est, indent=1))
     print(json.dumps(est, indent=1))
     return est
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def reading(rows: dict[str, dict]) -> list[str]:

@@ -27,8 +27,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pair", nargs=2, default=["cspresnet10", "resnet10"], metavar=("CSP", "PLAIN"))
     p.add_argument("--data", default=None, help="CIFAR-10 folder or zip (needed to train)")
     p.add_argument("--seeds", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=None, help="default: the converge budget's (15)")
+    p.add_argument("--epochs", type=int, default=None, help="default: the converge budget's (12)")
     p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--img", type=int, default=None, help="default 32 (tiny tests only)")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--subset", type=int, default=None, help="training images (default all; tiny tests only)")
     p.add_argument("--val-subset", type=int, default=None)
@@ -47,7 +48,7 @@ def ablate_argv(a: argparse.Namespace) -> list[str]:
     csp, plain = a.pair
     argv = ["ablate", "--base", plain, "--grid", f"model={csp}", "--budget", "converge", "--seeds", str(a.seeds)]
     argv += ["--project", a.project, "--name", a.name, "--jobs", str(a.jobs)]
-    for k in ("data", "epochs", "batch", "lr", "subset", "val_subset", "workers", "device", "threads", "parts"):
+    for k in ("data", "epochs", "batch", "img", "lr", "subset", "val_subset", "workers", "device", "threads", "parts"):
         v = getattr(a, k)
         if v is not None:
             argv += [f"--{k.replace('_', '-')}", str(v)]
@@ -168,7 +169,16 @@ def write(a: argparse.Namespace, s: dict, commands: list[str]) -> None:
             "shared with other developers' jobs); medians of interleaved runs, Δ against the plain twin in the same run.",
             "",
         ]
-    lines += ["Commands (from the repository root):", "", "```", *commands, "```", ""]
+    lines += [
+        "Reproduce: `bash benchmarks/run_studies.sh gpu` on a GPU box (the trainings: `python benchmarks/convergence.py "
+        "--data DATA --device cuda --jobs 4 --parts train,report`), then `bash benchmarks/run_studies.sh finish DIR` "
+        "on the CPU to report (`python benchmarks/convergence.py --parts measure,report`). The study's own commands:",
+        "",
+        "```",
+        *commands,
+        "```",
+        "",
+    ]
     out.with_suffix(".md").write_text("\n".join(lines))
     out.with_suffix(".json").write_text(json.dumps(s, indent=1))
     plot(s, a.pair, out.with_suffix(".png"))
@@ -217,14 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
     a.name = a.name or f"{a.pair[0]}_vs_{a.pair[1]}"
     parts = a.parts.split(",") if a.parts else None
-    train_parts = [p for p in (parts or []) if p != "report"]
-    if parts is None or train_parts:  # the trainings and the CPU measurement go through `cspnet ablate`
-        argv2 = ablate_argv(a)
-        if parts is not None:
-            argv2[argv2.index("--parts") + 1] = ",".join(train_parts)
-        rc = cspnet_main(argv2)
-        if rc:
-            return rc
+    rc = cspnet_main(ablate_argv(a))  # trainings, CPU measurement and the study's own table: `cspnet ablate`
+    if rc:
+        return rc
     if parts is None or "report" in parts:
         study = Path(a.project) / a.name
         info, rows = collect(study)

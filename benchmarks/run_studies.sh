@@ -6,7 +6,7 @@
 #   here:     bash benchmarks/run_studies.sh tiny           # the whole pipeline on this CPU with tiny settings
 #
 # gpu: the ablation (cspnet ablate --base peleenet --budget cpu: 6 variants x 1 seed, 4 epochs x 25,000 images) and
-# the convergence pair (cspresnet10/resnet10, 2 seeds each, 15 epochs on all 50,000 images, small-input stem) train
+# the convergence pair (cspresnet10/resnet10, 2 seeds each, 12 epochs on all 50,000 images, small-input stem) train
 # at once as 6 + 4 processes sharing the GPU (fp16 autocast), 1 + 3 data-loader workers each. Nothing is timed there:
 # latency is measured on the CPU that `finish` runs on. Settings: env ABL_SEEDS, CONV_EPOCHS, CONV_SEEDS, LIMIT_S.
 set -euo pipefail
@@ -39,8 +39,9 @@ train_both() {  # $1 data, $2 runs root, $3 device, then extra ablate args / con
 }
 
 pack_results() {  # $1 runs root, $2 output folder: one tar.gz of the results (no checkpoints or event files)
-  tar czf "$2/studies.tar.gz" -C "$1" --exclude='*.pt' --exclude='events.out.tfevents*' --exclude='.lock' \
-    ablate convergence
+  local have=()
+  for d in ablate convergence; do [ -d "$1/$d" ] && have+=("$d"); done
+  tar czf "$2/studies.tar.gz" -C "$1" --exclude='*.pt' --exclude='events.out.tfevents*' --exclude='.lock' "${have[@]}"
   ls -la "$2"
 }
 
@@ -98,7 +99,7 @@ for n in z.namelist():
         (out / n).write_bytes(z.read(n))
 print("tiny CIFAR-10:", sum(seen.values()), "images in", out)
 EOF
-  export ABL_EXTRA="--epochs 1 --subset 500 --val-subset 200" CONV_EXTRA="--epochs 2 --batch 50 --subset 500 --val-subset 200"
+  export ABL_EXTRA="--epochs 1 --subset 500 --val-subset 200" CONV_EXTRA="--epochs 2 --batch 50 --img 16 --subset 200 --val-subset 100"
   export CONV_SEEDS=2 LIMIT_S=${LIMIT_S:-900} ABL_WORKERS=0 CONV_WORKERS=0
   OUT="$TMP/out" RUNS="$TMP/runs" DATA="$TMP/data" DEVICE=cpu bash "$0" gpu
   RUNS="$TMP/finished" DOCS="$TMP/docs" bash "$0" finish "$TMP/out"

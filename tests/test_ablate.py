@@ -113,3 +113,24 @@ def test_changed_recipe_or_bad_grid_is_one_clear_error(data, tmp_path, capsys):
     )
     assert main([*argv, "--parts", "report"]) == 2
     assert "another recipe (epochs 5 -> 1)" in capsys.readouterr().err
+
+
+def test_a_users_registered_model_is_a_base():
+    """A plain model with no twin: its CSP variants are the same config with partial_ratio and fusion overridden."""
+    from cspnet.models import ModelCfg, StemCfg, register_model
+    from cspnet.models.registry import _REGISTRY
+    from cspnet.nn.stages import StageCfg
+
+    @register_model()
+    def my_tiny_net() -> ModelCfg:
+        stages = tuple(StageCfg(1, w, 2, block="basic", partial_ratio=1.0) for w in (32, 64))
+        return ModelCfg(StemCfg(out_chs=16, kernel_size=3, stride=1, pool=False), stages)
+
+    try:
+        grid = {v.label: v for v in build_grid("my_tiny_net")}
+        assert grid["plain"].model == grid["fusion=last"].model == "my_tiny_net"
+        assert grid["gamma=0.25"].kwargs() == {"partial_ratio": 0.25}  # fusion "both" is the StageCfg default
+        macs = {k: count_macs(create_model(v.model, num_classes=10, **v.kwargs()), 32) for k, v in grid.items()}
+        assert macs["fusion=last"] < macs["plain"] and macs["gamma=0.25"] < macs["gamma=0.75"], macs
+    finally:
+        _REGISTRY.pop("my_tiny_net", None)

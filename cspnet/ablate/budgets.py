@@ -58,7 +58,7 @@ BUDGETS = {
     "cpu": Budget("cpu", img=32, epochs=4, subset=25000, val_subset=None, batch=64, workers=1),
     # a CSP/plain pair until test top-1 flattens: all 50,000 CIFAR-10 images, small-input stem (the usual CIFAR nets)
     "converge": Budget(
-        "converge", img=32, epochs=15, batch=256, lr=0.2, warmup_epochs=1.0, small_input=True, workers=4
+        "converge", img=32, epochs=12, batch=256, lr=0.2, warmup_epochs=1.0, small_input=True, workers=4
     ),
     "full": Budget(
         "full", img=224, epochs=0, batch=128, lr=0.1, weight_decay=5e-4, warmup_epochs=0.1, scale=0.08, workers=8
