@@ -31,26 +31,27 @@ def _f(x, fmt: str) -> str:
 
 def estimate_budget(data: str, out: Path) -> dict:
     """Train the most expensive variant (plain) of the cpu budget on 2,500 images for one epoch (validating on 1,000)
-    and scale by images to the budget: 4 epochs x 25,000 training + 4 x 10,000 test images per variant."""
+    and scale by images to the budget (epochs x (subset + 10,000 test images) per variant). Timed inside one process
+    after the imports: wall time, and CPU time of the process and its data-loader workers (on a shared machine the
+    CPU time is the better guide to an idle one)."""
     sys.path.insert(0, str(REPO))
-    from cspnet.cli import main
+    from cspnet.ablate import StudyCfg, get_budget
+    from cspnet.ablate.study import Study
 
     runs = Path("runs/ablate_budget_probe")
     shutil.rmtree(runs, ignore_errors=True)
+    probe = get_budget("cpu", "peleenet", epochs=1, subset=2500, val_subset=1000)
+    study = Study(StudyCfg("peleenet", probe, data=data, grid=["gamma=1.0"], project=str(runs), name="p"))
+    study.open()
     load0, t0, cpu0 = os.getloadavg(), time.perf_counter(), _cpu_seconds()
-    argv = ["ablate", "--base", "peleenet", "--data", data, "--budget", "cpu", "--epochs", "1", "--subset", "2500"]
-    argv += ["--val-subset", "1000", "--grid", "gamma=1.0", "--parts", "train", "--project", str(runs), "--name", "p"]
-    assert main(argv) == 0
+    run = study.train_one(study.variants[0], 0)
     wall, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
-    run = json.loads((runs / "p" / "plain" / "seed0" / "train.json").read_text())
-    from cspnet.ablate import get_budget
-
     b = get_budget("cpu", "peleenet")
     probe_images, budget_images = 2500 + 1000, b.epochs * (b.subset + 10000)
     scale = budget_images / probe_images
-    per_variant = run["wall_s_last_sitting"] * scale
     est = {
         "command": "python benchmarks/ablation_doc.py --estimate-budget --data " + data,
+        "budget": {"epochs": b.epochs, "train_images": b.subset, "test_images": 10000},
         "probe": {
             "train_images": 2500,
             "val_images": 1000,
@@ -58,9 +59,8 @@ def estimate_budget(data: str, out: Path) -> dict:
             "cpu_s": round(cpu, 1),  # this process and its data-loader workers, user + system
             "train_img_s": run["img_s"],
         },
-        "per_variant_min": round(per_variant / 60, 1),
-        "default_grid_6_variants_h": round(6 * per_variant / 3600, 2),
-        # on an idle machine the wall time is at most the CPU time (nothing overlaps) and at least half of it (2 cores)
+        "per_variant_min_at_this_load": round(wall * scale / 60, 1),
+        # on an idle 2-core machine the wall time is at most the CPU time (nothing overlaps) and at least half of it
         "idle_6_variants_h": [round(6 * cpu * scale / 3600 / 2, 2), round(6 * cpu * scale / 3600, 2)],
         "load_before": [round(x, 2) for x in load0],
         "load_after": [round(x, 2) for x in os.getloadavg()],
@@ -179,11 +179,14 @@ def write(study: Path, out_dir: Path) -> None:
             "",
             "## Budget",
             "",
-            f"`--budget cpu` (4 epochs x 25,000 training images, test on 10,000 each epoch, 6 variants x 1 seed) was sized "
-            f"by timing one epoch of the plain base on 2,500 + 1,000 images on this {est['cpus']}-core CPU "
-            f"(load average {est['load_before']} before, {est['load_after']} after, shared with other developers): "
-            f"{est['probe']['train_img_s']:.0f} training img/s, scaled by images to {est['per_variant_min']} min per "
-            f"variant, {est['default_grid_6_variants_h']} h for the default grid. Command: `{est['command']}`.",
+            f"`--budget cpu` ({est['budget']['epochs']} epochs x {est['budget']['train_images']:,} training images, "
+            f"test on {est['budget']['test_images']:,} each epoch, 6 variants x 1 seed) was sized by timing one epoch "
+            f"of the plain base on 2,500 + 1,000 images on this {est['cpus']}-core CPU, shared with other developers "
+            f"(load average {est['load_before']} before, {est['load_after']} after): {est['probe']['cpu_s']} s of CPU "
+            f"time ({est['probe']['wall_s']} s wall at that load), scaled by images to "
+            f"{est['idle_6_variants_h'][0]}-{est['idle_6_variants_h'][1]} h for the default grid on an idle 2-core "
+            f"machine (CPU time / 2 to CPU time) and {est['per_variant_min_at_this_load']} min per variant at the "
+            f"measured load. Command: `{est['command']}`.",
         ]
     lines += ["", "## The study's own table", "", table]
     (out_dir / "ablation.md").write_text("\n".join(lines))

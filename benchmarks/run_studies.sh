@@ -5,7 +5,7 @@
 #   here:     bash benchmarks/run_studies.sh finish DIR     # DIR holds studies.tar.gz: CPU latency + the docs
 #   here:     bash benchmarks/run_studies.sh tiny           # the whole pipeline on this CPU with tiny settings
 #
-# gpu: the ablation (cspnet ablate --base peleenet --budget cpu: 6 variants x 1 seed, 4 epochs x 25,000 images) and
+# gpu: the ablation (cspnet ablate --base peleenet --budget cpu: 6 variants x 1 seed, 4 epochs x 20,000 images) and
 # the convergence pair (cspresnet10/resnet10, 2 seeds each, 12 epochs on all 50,000 images, small-input stem) train
 # at once as 6 + 4 processes sharing the GPU (fp16 autocast), 1 + 3 data-loader workers each. Nothing is timed there:
 # latency is measured on the CPU that `finish` runs on. Settings: env ABL_SEEDS, CONV_EPOCHS, CONV_SEEDS, LIMIT_S.
@@ -17,18 +17,18 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 ABL_NAME=peleenet_cpu
 CONV_NAME=cspresnet10_vs_resnet10
 
-train_both() {  # $1 data, $2 runs root, $3 device, then extra ablate args / convergence args via ABL_EXTRA, CONV_EXTRA
-  local data=$1 runs=$2 device=$3
+train_both() {  # $1 data, $2 runs root, $3 device, $4 log folder; extra args via ABL_EXTRA, CONV_EXTRA
+  local data=$1 runs=$2 device=$3 logs=$4
   mkdir -p "$runs"
   local t0=$SECONDS
   timeout -k 30 "${LIMIT_S:-330}" $PY -m cspnet.cli ablate --base peleenet --data "$data" --budget cpu \
     --seeds "${ABL_SEEDS:-1}" --device "$device" --workers "${ABL_WORKERS:-1}" --jobs 6 --parts train,report \
-    --project "$runs/ablate" --name $ABL_NAME ${ABL_EXTRA:-} > "$runs/ablate.log" 2>&1 &
+    --project "$runs/ablate" --name $ABL_NAME ${ABL_EXTRA:-} > "$logs/ablate.log" 2>&1 &
   local abl=$!
   timeout -k 30 "${LIMIT_S:-330}" $PY benchmarks/convergence.py --data "$data" --device "$device" \
     --seeds "${CONV_SEEDS:-2}" --jobs $((2 * ${CONV_SEEDS:-2})) --workers "${CONV_WORKERS:-3}" \
     ${CONV_EPOCHS:+--epochs $CONV_EPOCHS} --parts train,report --project "$runs/convergence" --name $CONV_NAME \
-    --out "$runs/convergence_report" ${CONV_EXTRA:-} > "$runs/convergence.log" 2>&1 &
+    --out "$runs/convergence_report" ${CONV_EXTRA:-} > "$logs/convergence.log" 2>&1 &
   local conv=$!
   local rc=0
   wait $abl || rc=$?
@@ -62,7 +62,7 @@ gpu)
   fi
   RUNS=${RUNS:-runs/studies}
   rc=0
-  train_both "$DATA" "$RUNS" "${DEVICE:-cuda}" || rc=$?
+  train_both "$DATA" "$RUNS" "${DEVICE:-cuda}" "$OUT" || rc=$?
   pack_results "$RUNS" "$OUT"
   exit $rc
   ;;

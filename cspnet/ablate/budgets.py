@@ -54,8 +54,8 @@ BUDGETS = {
     "smoke": Budget(
         "smoke", img=32, epochs=1, subset=64, val_subset=32, batch=16, workers=0, latency_runs=2, latency_warmup=1
     ),
-    # measured: see docs/results/ablation.md "Budget" (2-core CPU); 25,000 images x 4 epochs per variant
-    "cpu": Budget("cpu", img=32, epochs=4, subset=25000, val_subset=None, batch=64, workers=1),
+    # sized by `python benchmarks/ablation_doc.py --estimate-budget` (docs/results/ablation.md, "Budget")
+    "cpu": Budget("cpu", img=32, epochs=4, subset=20000, val_subset=None, batch=64, workers=1),
     # a CSP/plain pair until test top-1 flattens: all 50,000 CIFAR-10 images, small-input stem (the usual CIFAR nets)
     "converge": Budget(
         "converge", img=32, epochs=12, batch=256, lr=0.2, warmup_epochs=1.0, small_input=True, workers=4
