@@ -95,8 +95,8 @@ def reading(rows: dict[str, dict]) -> list[str]:
             line += f", CPU latency {float(r['b1_fused_vs_plain_pct']):+.1f}% at batch 1 / {float(r['b8_fused_vs_plain_pct']):+.1f}% at batch 8 (fused)"
         if r.get("top1_vs_plain"):
             d = float(r["top1_vs_plain"])
-            same = (d >= 0) == (paper_t >= 0)
-            line += f"; top-1 {d:+.2f} points (paper {paper_t:+.1f}): {'same' if same else 'opposite'} sign"
+            sign = "no change" if abs(d) < 0.005 else ("same sign" if (d > 0) == (paper_t > 0) else "opposite sign")
+            line += f"; top-1 {d:+.2f} points (paper {paper_t:+.1f}): {sign}"
             if noise is not None:
                 line += f", {'within' if abs(d) <= 2 * noise else 'beyond'} twice the largest seed spread ({noise:.2f})"
             else:
@@ -156,7 +156,9 @@ def write(study: Path, out_dir: Path) -> None:
         lines.append(
             f"| {label} | {paper_c if label != 'plain' else 'PeleeNet 1.017 BFLOPs'} "
             f"| {_f(pt, '+.1f') if label != 'plain' else '70.7'} "
-            f"| {_f(r['macs_vs_plain_pct'], '+.1f')}% | {lat} | {top1} | {_f(r['top1_vs_plain'], '+.2f')} |"
+            f"| {_f(r['macs_vs_plain_pct'], '+.1f') + '%' if label != 'plain' else _f(r['macs'] and float(r['macs']) / 1e6, '.1f') + ' MMACs'} "
+            f"| {lat if label != 'plain' else 'reference'} | {top1} "
+            f"| {_f(r['top1_vs_plain'], '+.2f') if label != 'plain' else 'reference'} |"
         )
     lines += ["", "## Reading", ""]
     if trained:

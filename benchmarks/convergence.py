@@ -103,7 +103,7 @@ def write(a: argparse.Namespace, s: dict, commands: list[str]) -> None:
     rec = s["recipe"]
     done = [m for m in (csp, plain) if m and m["final_top1"]]
     lines = [
-        f"# Convergence: {a.pair[0]} vs {a.pair[1]} on all of CIFAR-10",
+        f"# Convergence: {a.pair[0]} vs {a.pair[1]} on {'all of ' if not rec['subset'] else 'part of '}CIFAR-10",
         "",
         "Question: does the CSP model lose accuracy against its plain twin once training has converged (the short "
         "CIFAR-10 benchmark in classify_cifar10.md was far from it)?",

@@ -68,7 +68,7 @@ def _options(args: argparse.Namespace, keys: tuple[str, ...] = FORWARD) -> list[
     argv = []
     for k in keys:
         v = getattr(args, k)
-        if v is not None:
+        if v is not None and not (k == "jobs" and v == 1):
             argv += [f"--{k.replace('_', '-')}", ",".join(v) if isinstance(v, tuple) else str(v)]
     for g in args.grid or []:
         argv += ["--grid", g]

@@ -200,7 +200,7 @@ def plot(d: Path, rows: list[dict]) -> list[Path]:
     ):
         fig, ax = plt.subplots(figsize=(6, 4.2), dpi=100)
         pts = [r for r in rows if r[key] is not None and r["top1_mean"] is not None]
-        for r in pts:
+        for i, r in enumerate(pts):
             x = r[key] / 1e6 if key == "macs" else r[key]
             ax.errorbar(
                 x,
@@ -210,7 +210,8 @@ def plot(d: Path, rows: list[dict]) -> list[Path]:
                 capsize=3,
                 color="k" if r is rows[0] else None,
             )
-            ax.annotate(r["variant"], (x, r["top1_mean"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            dy = (4, -11, 12)[i % 3]  # neighbours at similar MACs and accuracy: labels at three heights
+            ax.annotate(r["variant"], (x, r["top1_mean"]), textcoords="offset points", xytext=(4, dy), fontsize=8)
         if not pts:
             what = "CPU latency (--parts measure)" if key != "macs" else "accuracy (--parts train)"
             ax.text(0.5, 0.5, f"nothing to plot yet: no {what}", ha="center", va="center", transform=ax.transAxes)
