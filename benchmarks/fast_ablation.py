@@ -1,4 +1,4 @@
-"""Ablation of the fused eval path (cspnet/deploy/fast.py): each switch on top of the previous, interleaved in one process.
+"""Ablation of the fused eval path (cspnet/deploy/fuse.py): each option on top of the previous, interleaved in one process.
 
 Also the torch.profiler share of non-conv ops (cat, copies, adds, activations) in the final fused path.
 
@@ -15,32 +15,18 @@ from collections import Counter
 
 import torch
 
-import cspnet.deploy.fast as fast
 from cspnet.bench.measure import time_interleaved
+from cspnet.deploy.fuse import fuse_model
 from cspnet.models import create_model
 from cspnet.nn.bn import calibrate_bn
 
-STEPS = {  # label -> fast.py switches (unfused "eager" runs timm's exact op sequence)
+STEPS = {  # label -> fuse_model options (unfused "eager" runs timm's exact op sequence)
     "eager (unfused)": None,
-    "fuse, oneDNN post-ops": dict(PACK=False, SPLIT_EXP=False, SPLIT_TRANSITION=False),
-    "+ packed weights": dict(PACK=True, SPLIT_EXP=False, SPLIT_TRANSITION=False),
-    "+ split conv as slices (default)": dict(PACK=True, SPLIT_EXP=True, SPLIT_TRANSITION=False),
-    "+ concat-free transition": dict(PACK=True, SPLIT_EXP=True, SPLIT_TRANSITION=True),
+    "fold BN (plain torch ops)": dict(onednn=False),
+    "fuse, oneDNN post-ops": dict(pack=False, split=False),
+    "+ packed weights": dict(split=False),
+    "+ split conv as slices (default)": {},
 }
-
-
-def runner(model, flags, x):
-    def run():
-        saved = {k: getattr(fast, k) for k in flags}
-        for k, v in flags.items():
-            setattr(fast, k, v)
-        try:
-            return model(x)
-        finally:
-            for k, v in saved.items():
-                setattr(fast, k, v)
-
-    return run
 
 
 def op_shares(model, x) -> dict[str, float]:
@@ -71,10 +57,10 @@ def main() -> None:
             torch.manual_seed(0)
             model = create_model(name).eval()
             calibrate_bn(model, torch.randn(2, 3, 224, 224))
-            fused = copy.deepcopy(model).fuse()
-            for label, flags in STEPS.items():
-                fns[f"{name} | {label}"] = runner(model, {}, x) if flags is None else runner(fused, flags, x)
-            shares[name] = op_shares(fused, x)
+            for label, opts in STEPS.items():
+                m = model if opts is None else fuse_model(copy.deepcopy(model), **opts)
+                fns[f"{name} | {label}"] = lambda m=m, x=x: m(x)
+            shares[name] = op_shares(fuse_model(copy.deepcopy(model)), x)
         with torch.inference_mode():
             times = time_interleaved(fns, runs=a.runs, warmup=2, rotate=True)
         out[f"batch {b}"] = {

@@ -2,7 +2,7 @@
 
 Each ConvBNAct is timed by forward hooks (median over runs); roles: stem, conv_down, conv_exp (split conv),
 blocks 1x1 / kxk, transition_b, transition. Shows whether the CSP model's MACs run as efficiently as the plain's.
-BN is folded (model.fuse()); the oneDNN fast path is off so that every conv is one module call a hook can time.
+BN is folded (fuse_model(onednn=False): plain torch ops) so that every conv is one nn.Conv2d call a hook can time.
 
     python benchmarks/profile_convs.py cspdarknet53 darknet53 --batch 8
 """
@@ -17,13 +17,12 @@ from collections import defaultdict
 
 import torch
 
-import cspnet.deploy.fast as fast
+from cspnet.deploy.fuse import FusedConvAct, fuse_model
 from cspnet.models import create_model
 from cspnet.nn.bn import calibrate_bn
-from cspnet.nn.layers import ConvBNAct
 
 
-def role(name: str, m: ConvBNAct) -> str:
+def role(name: str, m: FusedConvAct) -> str:
     if name.startswith("stem"):
         return "stem"
     for r in ("conv_down", "conv_exp", "conv_transition_b", "conv_transition", "downsample"):
@@ -37,8 +36,7 @@ def profile(name: str, batch: int, runs: int, img: int = 224) -> dict:
     torch.manual_seed(0)
     model = create_model(name).eval()
     calibrate_bn(model, torch.randn(2, 3, img, img))
-    model.fuse()
-    fast.ENABLED = False
+    fuse_model(model, onednn=False)
     x = torch.randn(batch, 3, img, img)
     times: dict[str, list[float]] = defaultdict(list)
     macs: dict[str, int] = {}
@@ -55,10 +53,10 @@ def profile(name: str, batch: int, runs: int, img: int = 224) -> dict:
 
         return hook
 
-    units = {n: m for n, m in model.named_modules() if isinstance(m, ConvBNAct)}
-    for n, m in units.items():
-        m.register_forward_pre_hook(pre(n))
-        m.register_forward_hook(post(n, m))
+    units = {n: m for n, m in model.named_modules() if isinstance(m, FusedConvAct)}
+    for n, m in units.items():  # on the nn.Conv2d: every plain branch of the fused modules calls it
+        m.conv.register_forward_pre_hook(pre(n))
+        m.conv.register_forward_hook(post(n, m))
     with torch.inference_mode():
         model(x)  # packs weights, creates oneDNN primitives
         times.clear()

@@ -1,4 +1,7 @@
-"""fuse() and the eval fast path (cspnet/deploy/fast.py) give the same outputs as conv -> BN -> act, on every zoo model."""
+"""model.fuse() (cspnet/deploy/fuse.py: fused modules swapped in) keeps the outputs, on every zoo model and beyond.
+
+The generated grid over block types, fusions and gammas is tests/test_fuse_grid.py.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-import cspnet.deploy.fast as fast
 from cspnet.bench.measure import count_macs
+from cspnet.deploy.fuse import FusedConvAct, FusedCrossStage, fuse_model
 from cspnet.models import create_model, list_models
 from cspnet.nn.bn import calibrate_bn
-from cspnet.nn.layers import ConvBNAct
+from cspnet.nn.layers import BNActConv, ConvBNAct
+from cspnet.nn.stages import CrossStage
 
 IMG = 32
 
@@ -59,126 +63,130 @@ def randomized(name: str, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def plain(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The reference: conv -> BN -> act exactly as written, fast path off."""
-    fast.ENABLED = False
-    try:
-        with torch.no_grad():
-            return model(x)
-    finally:
-        fast.ENABLED = True
-
-
 def test_families_cover_the_zoo():
     fams = {family(n) for n in list_models()}
     assert {"resnet", "resnext", "darknet"} <= fams
     assert {family(n) for n in smallest_per_family()} == {family(n) for n in list_models() if n.startswith("csp")}
 
 
+def fused_units(model: nn.Module) -> list[FusedConvAct]:
+    return [m for m in model.modules() if isinstance(m, FusedConvAct)]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
-def test_fuse_and_fast_path_match_plain(name):
+def test_fused_model_matches_unfused(name):
     model = randomized(name)
     x = torch.randn(2, 3, IMG, IMG)
-    ref = plain(model, x)
+    with torch.no_grad():
+        ref = model(x)
     assert ref.abs().max() > 0.1  # outputs of a useful scale: the 1e-4 check means something
-    with torch.inference_mode():
-        assert torch.equal(model(x), ref)  # unfused models keep timm's exact arithmetic
-        fast.FOLD_UNFUSED = True
-        try:
-            fast_out = model(x)
-        finally:
-            fast.FOLD_UNFUSED = False
     fused = copy.deepcopy(model).fuse()
-    assert not any(isinstance(m.bn, nn.BatchNorm2d) for m in fused.modules() if isinstance(m, ConvBNAct))
+    # every conv-BN-act unit is swapped; BN stays only in pre-activation units (an activation sits between)
+    assert not any(isinstance(m, (ConvBNAct, CrossStage)) for m in fused.modules())
+    assert all(isinstance(m, BNActConv) for m in fused.modules() if hasattr(m, "bn"))
+    assert not any(p.requires_grad for u in fused_units(fused) for p in u.parameters())
     with torch.inference_mode():
         fused_out = fused(x)
         fused_cl = fused.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
-    assert_same(fast_out, ref)
+    assert all(u._packed for u in fused_units(fused))  # the oneDNN path ran
     assert_same(fused_out, ref)
     assert_same(fused_cl, ref)
-    assert_same(plain(fused, x), ref)
 
 
-@pytest.fixture
-def fold_unfused(monkeypatch):
-    monkeypatch.setattr(fast, "FOLD_UNFUSED", True)
+def test_fuse_works_on_any_module_holding_the_units():
+    """A detector built elsewhere: fuse_model swaps the units wherever they sit (lists, dicts, nested modules)."""
+    torch.manual_seed(0)
+    net = randomized("cspresnet10")
 
+    class Detector(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = net.stages
+            self.neck = nn.ModuleDict({"lateral": ConvBNAct(512, 64, 1, act="leaky", leaky_slope=0.1)})
+            self.stem = net.stem
 
-def test_fast_path_cache_follows_weight_changes(fold_unfused):
-    model = randomized("cspresnet10")
+        def forward(self, x):
+            return self.neck["lateral"](self.backbone(self.stem(x)))
+
+    det = Detector().eval()
     x = torch.randn(1, 3, IMG, IMG)
     with torch.no_grad():
+        ref = det(x)
+    assert fuse_model(det) is det
+    assert isinstance(det.neck["lateral"], FusedConvAct) and isinstance(det.backbone[0], FusedCrossStage)
+    with torch.inference_mode():
+        assert_same(det(x), ref)
+    assert isinstance(fuse_model(ConvBNAct(3, 8)), FusedConvAct)  # a bare unit: use the return value
+
+
+def test_packed_weights_follow_weight_changes():
+    model = randomized("cspresnet10").fuse()
+    x = torch.randn(1, 3, IMG, IMG)
+    other = randomized("cspresnet10", seed=1)
+    with torch.inference_mode():
         before = model(x)
-        other = randomized("cspresnet10", seed=1)
-        model.load_state_dict(other.state_dict())  # in-place copies bump versions: cache must refresh
+    ref = fuse_model(copy.deepcopy(other), onednn=False)
+    model.load_state_dict(ref.state_dict())  # in-place copies bump versions: the packed weights must follow
+    with torch.inference_mode():
         after = model(x)
-    assert_same(after, plain(other, x))
+        assert_same(after, ref(x))
     assert not torch.allclose(before, after)
-    with torch.no_grad():
-        model.stages[0].conv_exp.bn.running_var.mul_(4.0)
-        assert_same(model(x), plain(model, x))
-
-
-def test_fast_path_only_without_autograd(fold_unfused):
-    model = randomized("cspresnet10")
-    x = torch.randn(1, 3, IMG, IMG)
-    with torch.no_grad():
-        model(x)  # fills the caches
     unit = model.stages[0].conv_exp
-    assert fast.cache_of(unit)
-    assert not fast.active(unit)  # grad mode on: conv -> BN -> act, gradients reach every weight
-    model(x).sum().backward()
-    assert all(p.grad is not None for p in model.parameters())
-    model.train()
     with torch.no_grad():
-        assert not fast.active(unit)
-    # FlopCounterMode must see the real convs, not the fused oneDNN call
-    model.eval()
-    with torch.no_grad():
-        macs = count_macs(model, IMG)
-        fast.ENABLED = False
-        try:
-            assert count_macs(model, IMG) == macs > 0
-        finally:
-            fast.ENABLED = True
-    # caches hold oneDNN tensors: copies and pickles start empty
-    clone = copy.deepcopy(model)
-    assert not fast.cache_of(clone.stages[0].conv_exp)
+        unit.conv.bias.add_(1.0)
+        ref.stages[0].conv_exp.conv.bias.add_(1.0)
+        assert_same(model(x), ref(x))
 
 
-def test_fused_model_exports_to_torchscript_graph_without_bn(tmp_path):
+def test_fused_path_steps_aside_for_autograd_and_flop_counting():
+    model = randomized("cspresnet10")
+    macs = count_macs(model, IMG)
+    fused = copy.deepcopy(model).fuse()
+    x = torch.randn(1, 3, IMG, IMG, requires_grad=True)
+    fused(x).sum().backward()  # plain ops under autograd: gradients reach the input
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert not any(u._packed for u in fused_units(fused))
+    assert count_macs(fused, IMG) == macs > 0  # FlopCounterMode sees the real convs, not oneDNN calls
+    with torch.inference_mode():
+        fused(x.detach())
+    assert all(u._packed for u in fused_units(fused))
+    clone = copy.deepcopy(fused)  # packed oneDNN tensors are never copied or pickled
+    assert not any(u._packed for u in fused_units(clone))
+
+
+def test_fused_model_exports_to_torchscript_graph_without_bn():
     model = randomized("cspresnet10").fuse()
     traced = torch.jit.trace(model, torch.randn(1, 3, IMG, IMG), check_trace=False)
-    assert "batch_norm" not in str(traced.inlined_graph)
+    graph = str(traced.inlined_graph)
+    assert "batch_norm" not in graph and "mkldnn" not in graph
 
 
-@pytest.mark.parametrize("split_exp,split_transition", [(False, False), (True, True)])
-def test_cross_stage_variants_match(monkeypatch, split_exp, split_transition):
-    monkeypatch.setattr(fast, "SPLIT_EXP", split_exp)
-    monkeypatch.setattr(fast, "SPLIT_TRANSITION", split_transition)
+@pytest.mark.parametrize("opts", [dict(split=False), dict(pack=False), dict(onednn=False)])
+def test_fuse_options_match(opts):
     model = randomized("cspresnext50")
     x = torch.randn(2, 3, IMG, IMG)
-    ref = plain(model, x)
+    with torch.no_grad():
+        ref = model(x)
     with torch.inference_mode():
-        assert_same(model.fuse()(x), ref)
+        assert_same(fuse_model(model, **opts)(x), ref)
 
 
 def test_packed_weights_follow_input_shape():
-    model = randomized("cspresnet10").fuse()
+    model = fuse_model(randomized("cspresnet10"), max_shapes=3)
+    ref = fuse_model(copy.deepcopy(model), onednn=False)
     unit = model.stem.conv1
-    for batch in range(1, 7):
+    for batch in range(1, 6):
         x = torch.randn(batch, 3, IMG, IMG)
         with torch.inference_mode():
-            assert_same(model(x), plain(model, x))
-    if fast.PACK and fast._MKLDNN:
-        shapes = [k for k in fast.cache_of(unit) if isinstance(k, tuple)]
-        assert len(shapes) == fast.MAX_SHAPES and shapes[-1] == ("w", (6, 3, IMG, IMG))
+            assert_same(model(x), ref(x))
+    shapes = [k for k in unit._packed if k != "stamp"]
+    assert len(shapes) == 3 and shapes[-1] == ("w", (5, 3, IMG, IMG))
 
 
 @pytest.mark.parametrize("name", ["cspdarknet53", "cspresnet50"])
 def test_training_backward_runs(name):
-    """In-place residual adds must not overwrite what an in-place activation saved for backward."""
+    """In-place activations must not lose what autograd saved for backward (the residual adds are out of place)."""
     model = create_model(name, num_classes=10).train()
     model(torch.randn(2, 3, IMG, IMG)).sum().backward()
     assert all(p.grad is not None for p in model.parameters())

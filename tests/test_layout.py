@@ -33,7 +33,6 @@ def _imports(path: Path) -> set[str]:
     return out
 
 
-@pytest.mark.xfail(strict=True, reason="nn.layers <-> deploy.fast: goes with fusion as a module swap (issue 8)")
 def test_no_import_circles():
     graph = {}
     for p in PKG.rglob("*.py"):

@@ -7,12 +7,19 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from cspnet.deploy.fuse import fuse_model
 from cspnet.errors import ConfigError, InputError
 from cspnet.nn.layers import ConvBNAct, check_act, make_act
 from cspnet.nn.stages import CrossStage, StageCfg
 from cspnet.nn.stems import PeleeStem
 
 STEMS = ("conv", "pelee")
+
+
+def check_input(x: torch.Tensor, in_chans: int, fix: str) -> None:
+    """One-line InputError unless `x` is an image batch (N, in_chans, H, W); `fix` says how to fix it."""
+    if x.dim() != 4 or x.shape[1] != in_chans:
+        raise InputError(f"expected a batch shaped (N, {in_chans}, H, W), got {tuple(x.shape)}; {fix}")
 
 
 @dataclass(frozen=True)
@@ -105,11 +112,8 @@ class CspNet(nn.Module):
                 m.zero_init_last()
 
     def check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise InputError(
-                f"expected a batch shaped (N, {self.in_chans}, H, W), got {tuple(x.shape)}; "
-                f"pass in_chans={x.shape[1] if x.dim() == 4 else '?'} to create_model or convert the images"
-            )
+        fix = f"pass in_chans={x.shape[1] if x.dim() == 4 else '?'} to create_model or convert the images"
+        check_input(x, self.in_chans, fix)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
@@ -129,17 +133,8 @@ class CspNet(nn.Module):
         self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
     def fuse(self) -> CspNet:
-        """Fold every BatchNorm into its conv for inference; returns self in eval mode."""
-        return fuse_modules(self)
-
-
-def fuse_modules(model: nn.Module) -> nn.Module:
-    """Switch to eval and fold the BN of every ConvBNAct into its conv."""
-    model.eval()
-    for m in model.modules():
-        if isinstance(m, ConvBNAct):
-            m.fuse()
-    return model
+        """Swap in the fused inference modules (cspnet.deploy.fuse: BN folded, oneDNN calls); returns self in eval."""
+        return fuse_model(self)
 
 
 class FeatureNet(nn.Module):
@@ -179,5 +174,8 @@ class FeatureNet(nn.Module):
         return outs
 
     def fuse(self) -> FeatureNet:
-        """Fold every BatchNorm into its conv for inference; returns self in eval mode."""
-        return fuse_modules(self)
+        """Swap in the fused inference modules (cspnet.deploy.fuse); returns self in eval mode.
+
+        The stem is shared with the model this view was made from, so that model's stem is fused too.
+        """
+        return fuse_model(self)

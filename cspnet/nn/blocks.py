@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cspnet.deploy.fast import residual_conv
 from cspnet.errors import ConfigError
 from cspnet.nn.layers import BNActConv, ConvBNAct, make_act
 
@@ -65,7 +64,7 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
-        return residual_conv(self.conv3, self.conv2(self.conv1(x)), shortcut, self.act3)
+        return self.act3(self.conv3(self.conv2(self.conv1(x))) + shortcut)
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.conv3.bn.weight)
@@ -95,7 +94,7 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
-        return residual_conv(self.conv2, self.conv1(x), shortcut, self.act2)
+        return self.act2(self.conv2(self.conv1(x)) + shortcut)
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.conv2.bn.weight)
@@ -123,9 +122,8 @@ class DarkBlock(nn.Module):
         self.conv2 = ConvBNAct(mid, out_chs, 3, groups=groups, act=act, leaky_slope=leaky_slope)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv2(self.conv1(x))
-        # out of place under autograd: y is the in-place activation's output, which its backward needs
-        return y + x if y.requires_grad else y.add_(x)
+        # out of place: the conv's output is its in-place activation's, which autograd saved for backward
+        return self.conv2(self.conv1(x)) + x
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.conv2.bn.weight)

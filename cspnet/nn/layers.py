@@ -5,12 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cspnet.deploy import fast
 from cspnet.errors import ConfigError
-from cspnet.nn.bn import fuse_conv_bn
 
-ACTIVATIONS = ("relu", "leaky", "mish", "silu", "linear")
-_ALIASES = {"leaky_relu": "leaky", "swish": "silu", "identity": "linear", "none": "linear"}
+ACTIVATIONS = ("relu", "leaky", "mish", "silu", "sigmoid", "tanh", "linear")
+_ALIASES = {"leaky_relu": "leaky", "swish": "silu", "logistic": "sigmoid", "identity": "linear", "none": "linear"}
 
 
 def check_act(name: str) -> str:
@@ -21,17 +19,21 @@ def check_act(name: str) -> str:
     return key
 
 
-def make_act(name: str | None, leaky_slope: float = 0.01) -> nn.Module:
-    """Build an activation; `leaky` uses `leaky_slope` (darknet 0.1, timm 0.01)."""
+def make_act(name: str | None, leaky_slope: float = 0.01, inplace: bool = True) -> nn.Module:
+    """The one activation factory; `leaky` uses `leaky_slope` (darknet 0.1, timm 0.01), darknet names accepted."""
     key = check_act(name or "linear")
     if key == "relu":
-        return nn.ReLU(inplace=True)
+        return nn.ReLU(inplace=inplace)
     if key == "leaky":
-        return nn.LeakyReLU(leaky_slope, inplace=True)
+        return nn.LeakyReLU(leaky_slope, inplace=inplace)
     if key == "mish":
-        return nn.Mish(inplace=True)
+        return nn.Mish(inplace=inplace)
     if key == "silu":
-        return nn.SiLU(inplace=True)
+        return nn.SiLU(inplace=inplace)
+    if key == "sigmoid":
+        return nn.Sigmoid()
+    if key == "tanh":
+        return nn.Tanh()
     return nn.Identity()
 
 
@@ -41,7 +43,7 @@ def same_padding(kernel_size: int, stride: int = 1) -> int:
 
 
 class ConvBNAct(nn.Module):
-    """Conv2d (no bias) -> BatchNorm2d -> activation; `fuse()` folds the BN into the conv."""
+    """Conv2d (no bias) -> BatchNorm2d -> activation; cspnet.deploy.fuse swaps it for a folded conv at deploy time."""
 
     def __init__(
         self,
@@ -61,17 +63,7 @@ class ConvBNAct(nn.Module):
         self.act = make_act(act, leaky_slope)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fast.active(self):  # fused model, eval, no autograd: one oneDNN conv+bias+act call (cspnet/deploy/fast.py)
-            return fast.conv_bn_act(self.conv, self.bn, self.act, x, fast.cache_of(self))
         return self.act(self.bn(self.conv(x)))
-
-    @torch.no_grad()
-    def fuse(self) -> None:
-        """Fold BatchNorm into the conv weights and bias (inference only)."""
-        if isinstance(self.bn, nn.Identity):
-            return
-        self.conv = fuse_conv_bn(self.conv, self.bn)
-        self.bn = nn.Identity()
 
 
 class BNActConv(nn.Module):

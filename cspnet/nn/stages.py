@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cspnet.deploy import fast
 from cspnet.errors import ConfigError
 from cspnet.nn.blocks import get_block
 from cspnet.nn.layers import BNActConv, ConvBNAct
@@ -157,7 +156,7 @@ class CrossStage(nn.Module):
                 "raise out_chs or partial_ratio"
             )
         block_in = cfg.block_in_chs or block_chs
-        self.split = (cross_chs, block_in)
+        self.split = (cross_chs, block_in)  # channels of the split conv's output, in order: cross part, block part
         if cfg.split_conv:
             self.conv_exp = ConvBNAct(
                 in_chs, cross_chs + block_in, 1, **{**kw, "act": None if cfg.cross_linear else act}
@@ -178,8 +177,6 @@ class CrossStage(nn.Module):
             self.conv_transition = _transition(cfg, cross_chs + trans_chs, cfg.out_chs, kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fast.cross_active(self):  # fused model in eval: no split/concat copies (cspnet/deploy/fast.py)
-            return fast.cross_stage(self, x)
         x = self.conv_down(x)
         if self.split is None:
             return self.blocks(x)

@@ -14,6 +14,8 @@ from torch import nn
 
 from cspnet.errors import ConfigError, InputError
 from cspnet.interop.darknet.cfg import Section, parse_cfg
+from cspnet.models.net import check_input
+from cspnet.nn.layers import make_act
 
 Shape = tuple[int, int, int]  # (channels, height, width) of one layer's output
 
@@ -45,23 +47,11 @@ _UNSUPPORTED = {
 }
 
 
-def make_act(name: str, sec: Section) -> nn.Module:
-    """Darknet activation by name; leaky is darknet's 0.1 slope, swish is SiLU, logistic is sigmoid."""
-    if name == "linear":
-        return nn.Identity()
-    if name == "leaky":
-        return nn.LeakyReLU(0.1)
-    if name == "relu":
-        return nn.ReLU()
-    if name == "mish":
-        return nn.Mish()
-    if name == "swish":
-        return nn.SiLU()
-    if name == "logistic":
-        return nn.Sigmoid()
-    if name == "tanh":
-        return nn.Tanh()
-    raise sec.error(f"activation `{name}` is not supported; use one of {', '.join(ACTIVATIONS)}")
+def darknet_act(name: str, sec: Section) -> nn.Module:
+    """A cfg's activation from the one factory (cspnet.nn.layers.make_act): leaky slope 0.1, not in place."""
+    if name not in ACTIVATIONS:
+        raise sec.error(f"activation `{name}` is not supported; use one of {', '.join(ACTIVATIONS)}")
+    return make_act(name, leaky_slope=0.1, inplace=False)
 
 
 class DarkLayer(nn.Module):
@@ -301,7 +291,9 @@ def _build_layer(sec: Section, index: int, shapes: list[Shape]) -> tuple[DarkLay
         oh, ow = (h + 2 * padding - size) // stride + 1, (w + 2 * padding - size) // stride + 1
         if oh < 1 or ow < 1:
             raise sec.error(f"a {size}x{size} kernel does not fit the {h}x{w} input; use a larger input size")
-        layer = Conv(c, filters, size, stride, padding, groups, bn, make_act(sec.getstr("activation", "logistic"), sec))
+        layer = Conv(
+            c, filters, size, stride, padding, groups, bn, darknet_act(sec.getstr("activation", "logistic"), sec)
+        )
         layer.desc = f"{filters} {size}x{size}/{stride}" + (f" g{groups}" if groups > 1 else "")
         return layer, (filters, oh, ow)
     if kind == "route":
@@ -324,7 +316,7 @@ def _build_layer(sec: Section, index: int, shapes: list[Shape]) -> tuple[DarkLay
             sc, sh, sw = shapes[i + 1]
             if _ratio(sh, h) is None or _ratio(sh, h) != _ratio(sw, w):
                 raise sec.error(f"cannot add layer {i} ({sc}x{sh}x{sw}) to layer {index - 1} ({c}x{h}x{w})")
-        layer = Shortcut(srcs, make_act(sec.getstr("activation", "linear"), sec))
+        layer = Shortcut(srcs, darknet_act(sec.getstr("activation", "linear"), sec))
         layer.desc = "from " + ",".join(str(i) for i in srcs)
         return layer, (c, h, w)
     if kind == "maxpool":
@@ -348,7 +340,7 @@ def _build_layer(sec: Section, index: int, shapes: list[Shape]) -> tuple[DarkLay
         return layer, (c, h * stride, w * stride)
     if kind == "connected":
         outputs = sec.getint("output", 1, lo=1)
-        act = make_act(sec.getstr("activation", "logistic"), sec)
+        act = darknet_act(sec.getstr("activation", "logistic"), sec)
         layer = Connected(c * h * w, outputs, bool(sec.getint("batch_normalize", 0)), act)
         layer.desc = f"{c * h * w} -> {outputs}"
         return layer, (outputs, 1, 1)
@@ -423,11 +415,7 @@ class DarknetModel(nn.Module):
         return bool(self.yolo_layers)
 
     def check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise InputError(
-                f"expected a batch shaped (N, {self.in_chans}, H, W), got {tuple(x.shape)}; "
-                f"the cfg's [net] sets channels={self.in_chans}"
-            )
+        check_input(x, self.in_chans, f"the cfg's [net] sets channels={self.in_chans}")
         if self._fixed_size and tuple(x.shape[2:]) != self.img_size:
             raise InputError(
                 f"this cfg has a [connected] layer built for {self.img_size[0]}x{self.img_size[1]} inputs, got "
