@@ -15,10 +15,22 @@ MODULES = sorted(
 )
 
 
+def _runtime_nodes(tree: ast.AST):
+    """ast.walk, minus `if TYPE_CHECKING:` bodies (annotations only: no import at run time, no circle)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            todo.extend(node.orelse)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+
+
 def _imports(path: Path) -> set[str]:
     """Every cspnet module a file imports, also inside functions (a lazy import still makes a circle)."""
     out = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in _runtime_nodes(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
