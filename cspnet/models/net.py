@@ -55,7 +55,12 @@ class ModelCfg:
 
 
 class CspNet(nn.Module):
-    """Stem -> stages -> global pool -> linear. CSP and plain twins differ only in their StageCfgs."""
+    """Stem -> stages -> global pool -> linear; every zoo model, CSP or plain, is this class with its ModelCfg.
+
+    The published CSP models reproduce their authors' design and differ from their plain twins in more than the
+    split (cspresnet50 vs resnet50: widths, ratios, activation); `create_model("resnet50", partial_ratio=0.5)` is
+    the one-knob CSP-isation, where only gamma changes.
+    """
 
     def __init__(self, cfg: ModelCfg, num_classes: int = 1000, in_chans: int = 3) -> None:
         super().__init__()

@@ -2,6 +2,11 @@
 
 Every block takes (in_chs, out_chs, stride, bottle_ratio, groups, act, leaky_slope) so that
 `CrossStage` can wrap any of them without knowing which one it holds; `register_block` adds a user's own.
+
+`bottle_ratio` means one thing everywhere: the width of the block's inner (bottleneck) convs relative to the
+channels that conv path emits. Residual blocks emit `out_chs` (ResNet 0.25, timm's CSPResNet 0.5, darknet 0.5);
+a dense layer emits its growth (DenseNet's bn_size 4); each branch of a two-way dense layer emits half the growth
+(Pelee's bottleneck width, rounded down to a multiple of 4).
 """
 
 from __future__ import annotations

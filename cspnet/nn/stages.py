@@ -26,8 +26,8 @@ class StageCfg:
     block: str | type = "bottleneck"  # a registered name (register_block) or a block class
     partial_ratio: float = 0.5
     fusion: str = "both"  # paper Fig. 3: transition->concat->transition, concat->transition, transition->concat
-    expand_ratio: float = 1.0  # width of the 1x1 conv that feeds the split, relative to out_chs
-    bottle_ratio: float = 1.0
+    expand_ratio: float = 1.0  # width of the split conv (`conv_exp`, the 1x1 that feeds the split), relative to out_chs
+    bottle_ratio: float = 1.0  # blocks' inner width / what that conv path emits (out_chs; dense: growth), see blocks.py
     groups: int = 1
     down: str = "conv"  # plain stages: "conv" = a 3x3 stride conv first (darknet), "block" = in the first block;
     # "avgpool" = a 2x2 average pool first, plain and CSP (DenseNet/PeleeNet: the pool ending their transition layer)
