@@ -13,7 +13,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from cspnet.bench.report import markdown, write_all
 
     opts = tuple(o for o, on in (("fuse", args.fuse), ("cl", args.channels_last), ("compile", args.compile)) if on)
-    variants = expand_variants(args.models, twins=args.twins, compare_timm=args.compare_timm, opts=opts)
+    variants = expand_variants(
+        args.models, twins=args.twins, compare_timm=args.compare_timm, opts=opts, timm_best=args.timm_best
+    )
     cfg = BenchConfig(
         variants=variants,
         img_size=args.img,
@@ -53,6 +55,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=nonneg_int, default=3)
     p.add_argument("--twins", action="store_true", help="add each model's plain (or CSP) twin")
     p.add_argument("--compare-timm", action="store_true", help="add timm's implementation of each model")
+    p.add_argument(
+        "--timm-best",
+        action="store_true",
+        help="add timm's model eager, under torch.compile and in ONNX Runtime (a timm user's best paths)",
+    )
     p.add_argument("--fuse", action="store_true", help="fold BN into convs (model.fuse()) for every cspnet model")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format for every model")
     p.add_argument("--compile", action="store_true", help="torch.compile every cspnet model (slow to start)")

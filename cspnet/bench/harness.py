@@ -185,8 +185,8 @@ class Runner:
             return
         self.model.eval()
         if "fuse" in v.opts:
-            if not hasattr(self.model, "fuse"):
-                raise ConfigError(f"{v.label}: this model has no fuse(); use a cspnet model")
+            if v.source != "cspnet":
+                raise ConfigError(f"{v.label}: @fuse swaps in cspnet's fused modules; use a cspnet model")
             self.model.fuse()
         if "ort" in v.opts:
             if dtype != torch.float32 or cl or "compile" in v.opts:
@@ -372,6 +372,12 @@ def add_ratios(rows: dict[str, dict], max_spread: float = MAX_SPREAD) -> None:
             r["ratio_vs_twin"] = r["median_ms"] / twin["median_ms"]
             r["ratio_vs_twin_noise"] = ratio_noise(r, twin, max_spread)
             r["macs_ratio_vs_twin"] = r["macs"] / twin["macs"]
+        timm_rows = [t for t in rows.values() if t["source"] == "timm" and t["name"] == r["name"]]
+        if timm_rows:  # the fastest path a timm user has in this run (eager, channels_last, compile, ORT)
+            best = min(timm_rows, key=lambda t: t["median_ms"])
+            r["timm_best"] = "timm:" + best["name"] + ("@" + "+".join(best["opts"]) if best["opts"] else "")
+            r["ratio_vs_timm_best"] = r["median_ms"] / best["median_ms"]
+            r["ratio_vs_timm_best_noise"] = ratio_noise(r, best, max_spread)
         ref = by_key.get((r["name"], "timm", ())) or by_key.get((r["name"], "timm", tuple(r["opts"])))
         same = by_key.get((r["name"], "timm", tuple(r["opts"])))
         if ref is not None:
@@ -422,9 +428,16 @@ def run_bench(cfg: BenchConfig) -> dict:
 
 
 def expand_variants(
-    names: list[str], twins: bool = False, compare_timm: bool = False, opts: tuple[str, ...] = ()
+    names: list[str],
+    twins: bool = False,
+    compare_timm: bool = False,
+    opts: tuple[str, ...] = (),
+    timm_best: bool = False,
 ) -> list[Variant]:
-    """Variants for names (plus their plain twins, plus timm's same model), global options appended."""
+    """Variants for names (plus their plain twins, plus timm's same model), global options appended.
+
+    timm_best: also timm's model under torch.compile and in ONNX Runtime (the best paths a timm user has).
+    """
     from cspnet.models import model_info
 
     out: list[Variant] = []
@@ -443,9 +456,12 @@ def expand_variants(
         info = model_info(v.name)
         if twins and info.twin:
             add(Variant(info.twin, "cspnet", v.opts))
-        if compare_timm:
+        if compare_timm or timm_best:
             for n in [v.name] + ([info.twin] if twins and info.twin else []):
                 if model_info(n).timm_name:
-                    t_opts = tuple(o for o in v.opts if o == "cl")  # timm has no fuse(); ort/compile are ours
+                    t_opts = tuple(o for o in v.opts if o == "cl")  # timm has no fuse()
                     add(Variant(n, "timm", t_opts))
+                    if timm_best:
+                        add(Variant(n, "timm", ("compile",)))
+                        add(Variant(n, "timm", ("ort",)))
     return out

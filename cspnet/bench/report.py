@@ -33,8 +33,8 @@ def markdown(result: dict) -> str:
             f"fp32 {mm['n']}x{mm['n']} torch.mm)",
             "",
             "| variant | params (M) | GMACs | median ms | p25-p75 ms | img/s | GFLOP/s | % of peak | peak mem (MiB) "
-            "| vs twin (MACs) | vs timm |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| vs twin (MACs) | vs timm | vs timm's best |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for label, r in g["rows"].items():
             twin = "-"
@@ -44,10 +44,13 @@ def markdown(result: dict) -> str:
                 )
             key = "ratio_vs_timm_same_opts" if "ratio_vs_timm_same_opts" in r else "ratio_vs_timm_eager"
             timm = format_ratio(r[key], r.get(f"{key}_noise")) if key in r else "-"
+            best = "-"
+            if "ratio_vs_timm_best" in r:
+                best = f"{format_ratio(r['ratio_vs_timm_best'], r.get('ratio_vs_timm_best_noise'))} ({r['timm_best']})"
             lines.append(
                 f"| {label} | {r['params'] / 1e6:.2f} | {r['macs'] / 1e9:.2f} | {r['median_ms']:.1f} | "
                 f"{r['p25_ms']:.1f}-{r['p75_ms']:.1f} | {r['images_per_s']:.1f} | {r['gflops']:.0f} | "
-                f"{100 * r['peak_share']:.0f} | {_fmt(r['peak_mem_mb'], '.0f')} | {twin} | {timm} |"
+                f"{100 * r['peak_share']:.0f} | {_fmt(r['peak_mem_mb'], '.0f')} | {twin} | {timm} | {best} |"
             )
     return "\n".join(lines) + "\n"
 
