@@ -3,7 +3,7 @@ per page.
 
 Markdown conventions:
 - ```python blocks run. A line ending in `# test: CODE` runs CODE instead under the test (tiny settings).
-- ```bash run blocks run too (`cspnet ...` lines as `python -m cspnet.cli ...`); plain ```bash blocks do not.
+- ```bash run blocks run too (`cspnet ...` lines in this process, through cspnet.cli.main); plain ```bash blocks do not.
 - An ```output block right after a code block is what that code printed: the test compares it exactly (keep it to
   structure: channels, params, MACs). ```output varies (timings, losses) is shown but not compared.
 - Code writes files under its working folder (a temporary one); `figures/*.png` it writes are the page's figures.
@@ -72,6 +72,19 @@ def _code(text: str, test: bool) -> str:
     return "".join(TEST_SUB.sub(r"\1\2", line) for line in text.splitlines(keepends=True))
 
 
+def _cspnet(argv: list[str]) -> tuple[int, str, str]:
+    """`cspnet ARGS` in this process (no interpreter start-up per command): exit code, stdout, stderr."""
+    from cspnet.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main(argv)
+        except SystemExit as e:  # argparse
+            rc = e.code
+    return rc, out.getvalue(), err.getvalue()
+
+
 def _shell(text: str, test: bool) -> str:
     out = []
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
@@ -80,12 +93,13 @@ def _shell(text: str, test: bool) -> str:
         if not line or line.startswith("#"):
             continue
         if line.startswith("cspnet "):
-            cmd = [sys.executable, "-m", "cspnet.cli", *shlex.split(line)[1:]]
+            rc, stdout, stderr = _cspnet(shlex.split(line, comments=True)[1:])
         else:
-            cmd = ["bash", "-c", line]
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-        assert r.returncode == 0, f"`{line}` failed ({r.returncode}):\n{r.stderr[-2000:]}"
-        out.append(f"$ {line}\n{r.stdout}")
+            r = subprocess.run(["bash", "-c", line], capture_output=True, text=True, env=env, timeout=600)
+            rc, stdout, stderr = r.returncode, r.stdout, r.stderr
+        assert rc == 0, f"`{line}` failed ({rc}):\n{stderr[-2000:]}"
+        shown = line.split("  # test:")[0].rstrip()
+        out.append(f"$ {shown}\n{stdout}")
     return "".join(out)
 
 
