@@ -30,7 +30,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 WALK = REPO / "docs" / "walkthrough"
-PAGES = sorted(WALK.glob("*.md")) + [REPO / "docs" / "custom_blocks.md"]
+PAGES = sorted(WALK.glob("*.md")) + [REPO / "docs" / "custom_blocks.md", REPO / "docs" / "torchvision.md"]
 FENCE = re.compile(r"^```(.*)$")
 TEST_SUB = re.compile(r"^(\s*).*#\s*test:\s*(.+)$")
 
@@ -133,6 +133,7 @@ def run_page(page: Path, workdir: Path, test: bool) -> list[tuple[Block, str]]:
     return results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_page_runs(page: Path, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
