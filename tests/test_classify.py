@@ -1,4 +1,4 @@
-"""End to end: real CIFAR-10 learning, SIGKILL + exact resume, and a 2-process torchrun (gloo) run."""
+"""End to end: real CIFAR-10 learning, SIGKILL + exact resume, a 2-process torchrun (gloo) run, two runs at once."""
 
 from __future__ import annotations
 
@@ -106,3 +106,20 @@ def test_torchrun_two_processes_agree(tmp_path, make_folder):
     assert {k: r0["metrics"][k] for k in shared_keys} == {k: r1["metrics"][k] for k in shared_keys}
     assert r1["saved"] == [] and any(p.endswith("last.pt") for p in r0["saved"])
     assert len(list(csv.DictReader((tmp_path / "ddp" / "results.csv").open()))) == 2
+
+
+def test_two_runs_started_at_once_with_one_name_do_not_share_the_folder(tmp_path, make_folder):
+    data = make_folder(tmp_path / "data", n=8, size=32)
+    cmd = train_cmd(data, tmp_path, "--name", "same")
+    cmd[cmd.index("--epochs") + 1] = "1"
+    procs = [
+        subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    results = [(p.returncode, err) for p, err in zip(procs, errs)]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    loser = next(err for code, err in results if code == 2)
+    assert "run folder" in loser and ("exists" in loser or "in use" in loser), loser
+    rows = list(csv.DictReader((tmp_path / "same" / "results.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1"]  # one run's rows, not two epoch-1 rows
