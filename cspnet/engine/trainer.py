@@ -488,6 +488,11 @@ class Trainer:
                 }
                 log(self.metrics)
                 self.task.on_epoch_end(self, epoch, self.metrics)
+                if self.task.fitness not in self.metrics:
+                    raise ConfigError(
+                        f"task {self.task.name!r} picks best.pt by {self.task.fitness!r}, which it does not log; "
+                        f"logged: {', '.join(k for k in self.metrics if '/' in k)}"
+                    )
                 fitness = self.metrics[self.task.fitness]
                 if fitness > self.best:
                     self.best = fitness
