@@ -80,8 +80,6 @@ def _cpu_seconds() -> float:
 
 def reading(rows: dict[str, dict]) -> list[str]:
     """Where the small-scale result agrees with the paper, row by row, from the numbers (no judgement beyond them)."""
-    plain = rows["plain"]
-    seeds = int(plain["seeds"] or 0)
     std = [float(r["top1_std"]) for r in rows.values() if r.get("top1_std")]
     noise = max(std) if std else None
     out = []
@@ -102,17 +100,28 @@ def reading(rows: dict[str, dict]) -> list[str]:
             else:
                 line += ", one seed per variant, so the run-to-run spread is not measured"
         out.append(line + ".")
-    if seeds:
-        out.append(
-            f"- Our gamma is `partial_ratio`, the share of channels that goes through the dense blocks: our MACs grow "
-            f"with it (gamma=0.25 {float(rows['gamma=0.25']['macs_vs_plain_pct']):+.1f}%, 0.75 "
-            f"{float(rows['gamma=0.75']['macs_vs_plain_pct']):+.1f}%). The paper's numbers fall the other way (0.25: -3%, "
-            "0.5: -13%), so its table's gamma likely counts the other part, or its PeleeNet twin differs from ours; "
-            "we do not claim to reproduce that ordering."
-            if "gamma=0.25" in rows and "gamma=0.75" in rows
+    return [x for x in out if x]
+
+
+def gamma_note(rows: dict[str, dict]) -> str:
+    """Our gamma against the paper's, from the MACs (which need no training)."""
+    if not all(rows.get(k, {}).get("macs_vs_plain_pct") for k in ("gamma=0.25", "gamma=0.75")):
+        return ""
+    first, last = (rows.get(k, {}).get("macs_vs_plain_pct") for k in ("fusion=first", "fusion=last"))
+    return (
+        "- Our gamma is `partial_ratio`, the share of channels that goes through the dense blocks: our MACs grow "
+        f"with it (gamma=0.25 {float(rows['gamma=0.25']['macs_vs_plain_pct']):+.1f}%, 0.5 "
+        f"{float(rows['fusion=both,gamma=0.5']['macs_vs_plain_pct']):+.1f}%, 0.75 "
+        f"{float(rows['gamma=0.75']['macs_vs_plain_pct']):+.1f}% against plain). The paper's computation falls "
+        "the other way (0.25: -3%, 0.5: -13%), so its table's gamma likely counts the other part of the split, or "
+        "its PeleeNet twin differs from ours; we do not claim to reproduce that ordering."
+        + (
+            f" Fusion first saves less than fusion last here ({float(first):+.1f}% against {float(last):+.1f}%: its "
+            "one transition takes both parts), where the paper says it saves more."
+            if first and last and float(first) > float(last)
             else ""
         )
-    return [x for x in out if x]
+    )
 
 
 def write(study: Path, out_dir: Path) -> None:
@@ -162,7 +171,7 @@ def write(study: Path, out_dir: Path) -> None:
         )
     lines += ["", "## Reading", ""]
     if trained:
-        lines += reading(rows)
+        lines += reading(rows) + [gamma_note(rows)]
         lines += [
             "",
             "Why a small-scale result may disagree: CIFAR-10 is 32x32 images and 10 classes, trained here for a few "
@@ -173,8 +182,11 @@ def write(study: Path, out_dir: Path) -> None:
         ]
     else:
         lines += [
-            "No variant has been trained yet: the accuracy columns fill in when the study's trainings exist "
-            "(GPU_RUN below). MACs are already measured: they do not depend on training.",
+            "No variant has been trained yet: the accuracy and latency columns fill in when the study's trainings and "
+            "CPU measurements exist (`bash benchmarks/run_studies.sh gpu`, then `finish`). MACs are measured already: "
+            "they do not depend on training.",
+            "",
+            gamma_note(rows),
         ]
     if est:
         lines += [

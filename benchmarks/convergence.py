@@ -136,7 +136,9 @@ def write(a: argparse.Namespace, s: dict, commands: list[str]) -> None:
             f"| {_f(m['macs'] and m['macs'] / 1e6, '.1f')}{_d(macs_d)} "
             f"| {_f(m['latency_ms']['b1_fused'], '.2f')}{_d(d.get('b1_fused'))} "
             f"| {_f(m['latency_ms']['b8_fused'], '.2f')}{_d(d.get('b8_fused'))} "
-            f"| {len(m['final_top1'])} | {top1} | {_f(rise['mean'], '+.2f')} points in the last {rise['epochs']} epoch(s) |"
+            f"| {len(m['final_top1'])} | {top1} | "
+            + ("–" if rise["mean"] is None else f"{rise['mean']:+.2f} points in the last {rise['epochs']} epoch(s)")
+            + " |"
         )
     lines += ["", f"![test top-1 per epoch]({out.name}.png)", ""]
     if csp and plain and csp["final_mean"] is not None and plain["final_mean"] is not None:
