@@ -29,7 +29,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from cspnet.models import create_model, list_models, model_info
 
     rows = []
-    for name in list_models(args.pattern):
+    for name in list_models(args.pattern, task=args.task):
         info = model_info(name)
         if args.measure:
             m = create_model(name)
@@ -39,6 +39,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
         rows.append(
             dict(
                 name=name,
+                task=info.task,
                 params_m=params,
                 gmacs=gmacs,
                 img=info.img_size,
@@ -51,11 +52,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'model':<18} {'params (M)':>10} {'GMACs':>7} {'img':>5}  {'twin':<18} timm")
+    print(f"{'model':<22} {'task':<8} {'params (M)':>10} {'GMACs':>7} {'img':>5}  {'twin':<22} timm")
     for r in rows:
         p = f"{r['params_m']:.2f}" if r["params_m"] else "-"
         g = f"{r['gmacs']:.2f}" if r["gmacs"] else "-"
-        print(f"{r['name']:<18} {p:>10} {g:>7} {r['img']:>5}  {r['twin'] or '-':<18} {r['timm'] or '-'}")
+        print(f"{r['name']:<22} {r['task']:<8} {p:>10} {g:>7} {r['img']:>5}  {r['twin'] or '-':<22} {r['timm'] or '-'}")
     return 0
 
 
@@ -78,6 +79,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the model zoo (name, params, GMACs, twin)")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'csp*'")
+    p.add_argument("--task", default=None, choices=["classify", "detect"], help="only models of this task")
     p.add_argument("--measure", action="store_true", help="count params and MACs now instead of the registry")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_models)

@@ -114,7 +114,7 @@ def test_authors_layout_differs_from_timms(darknet_dir, stem, native):
 
 
 def test_yolov4_detector_forward(darknet_dir):
-    m = from_darknet(darknet_dir / "yolov4.cfg")
+    m = from_darknet(darknet_dir / "yolov4.cfg", native=False)  # the native twin: tests/test_yolo.py
     assert isinstance(m, DarknetModel) and m.is_detector
     yolos = [m.layers[i] for i in m.yolo_layers]
     assert [y.scale_x_y for y in yolos] == [1.2, 1.1, 1.05]

@@ -1,6 +1,6 @@
 """Models: the generic CspNet, its configs, the registry and the zoo."""
 
-from cspnet.models import zoo, zoo_dense  # noqa: F401  (registers the zoo)
+from cspnet.models import yolo, zoo, zoo_dense  # noqa: F401  (registers the zoo)
 from cspnet.models.net import CspNet, FeatureNet, ModelCfg, StemCfg
 from cspnet.models.registry import ModelInfo, build_cfg, create_model, list_models, model_info, register_model
 

@@ -9,6 +9,8 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from torch import nn
+
 from cspnet.errors import ConfigError
 from cspnet.models.net import CspNet, FeatureNet, ModelCfg
 from cspnet.nn.stages import StageCfg
@@ -26,28 +28,33 @@ class ModelInfo:
     gmacs: float | None = None  # at img_size, batch 1
     timm_name: str | None = None  # same architecture in timm (parity tests, from_timm, pretrained="timm")
     paper: str = ""  # the paper row / reference it reproduces
+    task: str = "classify"  # "classify" or "detect"
+    model_cls: Callable | None = None  # builds the model from the cfg; None: CspNet
+    num_classes: int = 1000  # default number of classes
 
     @property
     def is_csp(self) -> bool:
-        return any(s.is_csp for s in self.build_cfg().stages)
+        cfg = self.build_cfg()
+        return cfg.is_csp if hasattr(cfg, "is_csp") else any(s.is_csp for s in cfg.stages)
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
-def register_model(**meta) -> Callable[[Callable[[], ModelCfg]], Callable[[], ModelCfg]]:
-    """Register a function returning a ModelCfg under its own name, with metadata."""
+def register_model(name: str | None = None, **meta) -> Callable[[Callable[[], ModelCfg]], Callable[[], ModelCfg]]:
+    """Register a function returning a ModelCfg under `name` (default: its own name), with metadata."""
 
     def wrap(fn: Callable[[], ModelCfg]) -> Callable[[], ModelCfg]:
-        _REGISTRY[fn.__name__] = ModelInfo(name=fn.__name__, build_cfg=fn, **meta)
+        key = name or fn.__name__
+        _REGISTRY[key] = ModelInfo(name=key, build_cfg=fn, **meta)
         return fn
 
     return wrap
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching a shell-style pattern, sorted."""
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+def list_models(pattern: str = "*", task: str | None = "classify") -> list[str]:
+    """Registered model names matching a shell-style pattern, sorted; of one task ("classify", "detect"), None: all."""
+    return sorted(n for n, i in _REGISTRY.items() if fnmatch.fnmatch(n, pattern) and task in (None, i.task))
 
 
 def model_info(name: str) -> ModelInfo:
@@ -66,6 +73,14 @@ _STAGE_FIELDS = {f.name for f in dataclasses.fields(StageCfg)} - {"depth", "out_
 
 def apply_overrides(cfg: ModelCfg, overrides: dict) -> ModelCfg:
     """Overlay user overrides: model fields (act, small_input, ...) and per-stage fields for all stages."""
+    if not isinstance(cfg, ModelCfg):  # another task's config dataclass (e.g. YoloCfg): its own fields
+        fields = {f.name for f in dataclasses.fields(cfg)}
+        unknown = set(overrides) - fields
+        if unknown:
+            raise ConfigError(f"unknown override(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(fields))}")
+        if "backbone" in overrides and "backbone_args" in fields:  # a swapped backbone starts from its zoo defaults
+            overrides = {"backbone_args": (), **overrides}
+        return dataclasses.replace(cfg, **overrides)
     unknown = set(overrides) - _MODEL_FIELDS - _STAGE_FIELDS
     if unknown:
         valid = ", ".join(sorted(_MODEL_FIELDS | _STAGE_FIELDS))
@@ -86,20 +101,34 @@ def build_cfg(name: str, **overrides) -> ModelCfg:
 
 def create_model(
     name: str,
-    num_classes: int = 1000,
+    num_classes: int | None = None,
     in_chans: int = 3,
     pretrained: str | bool | None = None,
     features_only: bool = False,
     out_indices: tuple[int, ...] | None = None,
     **overrides,
-) -> CspNet | FeatureNet:
+) -> CspNet | FeatureNet | nn.Module:
     """Build a registered model, as `timm.create_model` does.
 
     pretrained: None/False, True or "timm" (timm's ImageNet weights, converted; needs network once) or a local file
     (.safetensors, or a torch checkpoint loaded with weights_only=True).
-    overrides: architecture fields, e.g. partial_ratio=0.25, fusion="last", act="mish", small_input=True.
+    overrides: architecture fields, e.g. partial_ratio=0.25, fusion="last", act="mish", small_input=True;
+    for detectors YoloCfg's, e.g. backbone="cspresnext50", width=0.5.
+    num_classes: None = the model's default (1000 for classifiers, 80 for detectors).
     """
+    info = model_info(name)
+    num_classes = info.num_classes if num_classes is None else num_classes
     cfg = build_cfg(name, **overrides)
+    if info.model_cls is not None:
+        if features_only:
+            raise ConfigError(f"{name} is a {info.task} model; features_only applies to classification backbones")
+        model = info.model_cls(cfg, num_classes=num_classes, in_chans=in_chans)
+        model.name = name
+        if pretrained:
+            from cspnet.models.weights import load_into, read_state_dict
+
+            load_into(model, read_state_dict(pretrained), str(pretrained))
+        return model
     model = CspNet(cfg, num_classes=num_classes, in_chans=in_chans)
     model.name = name
     if pretrained:
