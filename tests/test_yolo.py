@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,8 @@ from cspnet.interop.darknet.model import Conv, DarknetModel
 from cspnet.interop.darknet.native import darknet_boxes
 from cspnet.interop.darknet.weights import write_weights
 from cspnet.models.yolo import YoloDetector, kmeans_anchors
+from cspnet.nn.bn import calibrate_bn
+from cspnet.nn.layers import ConvBNAct
 
 # cfg stem -> (native name, the cfg's own input size, darknet's params (M) and BFLOPs there; SOURCES.md)
 CFGS = {
@@ -99,8 +103,8 @@ def tiny(darknet_dir, tmp_path_factory):
 @pytest.mark.parametrize("stem", [s if s == "yolov4-tiny" else pytest.param(s, marks=pytest.mark.slow) for s in CFGS])
 def test_params_and_flops_equal_the_cfg(darknet_dir, stem):
     name, img, params_m, bflops = CFGS[stem]
+    native = create_model(name).to("meta")  # built on the CPU: weight init on meta tensors is slower
     with torch.device("meta"):
-        native = create_model(name)
         dk = DarknetModel.from_cfg(darknet_dir / f"{stem}.cfg")
     assert count_params(native) == count_params(dk)
     macs = count_macs(native, 128)  # at multiples of 32 every map is img / stride: MACs scale with img^2
@@ -230,3 +234,36 @@ def test_kmeans_anchors_recovers_clusters():
     torch.testing.assert_close(kmeans_anchors(wh / 416, 3, img_size=416), anchors)  # normalised boxes
     with pytest.raises(InputError, match="at least 9 boxes"):
         kmeans_anchors(wh[:5], 9)
+
+
+def condition(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """The well-conditioned random regime of `random_weights` for a native model (BN beta in [1, 2], calibrated)."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5, generator=g)
+                m.bias.uniform_(1.0, 2.0, generator=g)
+        for p in model.head.preds:
+            p.weight.mul_(0.3)
+    calibrate_bn(model.train(), x)
+    model.eval()
+
+
+@pytest.mark.parametrize(
+    "name, kw", [("yolov4-tiny", {}), ("yolov4-s", {}), ("yolov4-csp", dict(width=0.125, depth=0.33))]
+)
+def test_fused_equals_unfused(name, kw):
+    """fuse() swaps every ConvBNAct (mish ones included: conv fused, mish after) and keeps the outputs."""
+    m = create_model(name, num_classes=4, **kw)
+    x = torch.randn(2, 3, 64, 64)
+    condition(m, x)
+    fused = copy.deepcopy(m).fuse()
+    assert fused is not None and not fused.training
+    assert not any(isinstance(mod, ConvBNAct) for mod in fused.modules())
+    if name != "yolov4-tiny":
+        assert any(isinstance(mod, torch.nn.Mish) for mod in fused.modules())
+    with torch.no_grad():
+        ref, out = m(x), fused(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert (ref[0] - ref[1]).abs().max() > 1e-3

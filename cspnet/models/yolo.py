@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from cspnet.deploy.fuse import fuse_model
 from cspnet.errors import ConfigError, InputError
-from cspnet.models.net import CspNet, FeatureNet, ModelCfg, fuse_modules
+from cspnet.models.net import CspNet, FeatureNet, ModelCfg
 from cspnet.models.registry import build_cfg, register_model
 from cspnet.nn.layers import ConvBNAct, check_act
 from cspnet.nn.necks import PAN, TinyBackbone, TinyNeck
@@ -271,11 +272,7 @@ class YoloDetector(nn.Module):
         return self.head.decode(raws, (x.shape[2], x.shape[3]))
 
     def fuse(self) -> YoloDetector:
-        """Fold every BatchNorm into its conv for inference; returns self in eval mode."""
-        try:
-            from cspnet.deploy.fuse import fuse_model
-        except ImportError:
-            return fuse_modules(self)
+        """Swap in the fused inference modules (cspnet.deploy.fuse: BN folded, oneDNN calls); returns self in eval."""
         return fuse_model(self)
 
 
