@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -74,3 +75,42 @@ def make_folder():
 def zip_folder():
     """zip_folder(folder, path) -> path: the folder as a zip archive."""
     return _zip_folder
+
+
+# ---- model helpers shared by test modules (import them from conftest: parametrize needs them at collection) ------
+def family(name: str) -> str:
+    """'cspresnext50' -> 'resnext': CSP and plain twins share a family."""
+    return re.match(r"[a-z]+", name.removeprefix("csp")).group(0)
+
+
+def smallest_per_family(csp: bool = True) -> list[str]:
+    """The zoo model with the fewest MACs in each family (CSP or plain)."""
+    from cspnet.models import list_models, model_info
+
+    best: dict[str, str] = {}
+    for n in list_models():
+        info = model_info(n)
+        if info.is_csp != csp:
+            continue
+        f = family(n)
+        if f not in best or (info.gmacs or 0) < (model_info(best[f]).gmacs or 0):
+            best[f] = n
+    return sorted(best.values())
+
+
+@torch.no_grad()
+def randomized(name: str, seed: int = 0, img: int = 32) -> torch.nn.Module:
+    """A model whose BN statistics and affine terms are not the identity, so folding them is really tested."""
+    from cspnet.models import create_model
+    from cspnet.nn.bn import calibrate_bn
+
+    torch.manual_seed(seed)
+    model = create_model(name, num_classes=10)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.uniform_(0.5, 1.5)
+            m.bias.normal_(0.0, 0.2)
+        elif isinstance(m, torch.nn.Linear):
+            torch.nn.init.normal_(m.weight, 0.0, 0.2)
+    calibrate_bn(model, torch.randn(4, 3, img, img))  # real statistics keep eval activations O(1)
+    return model.eval()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from test_fuse import randomized, smallest_per_family
+from conftest import randomized, smallest_per_family
 
 from cspnet.cli import main
 from cspnet.deploy.export import export, load_runner, quantize_onnx_int8

@@ -6,16 +6,15 @@ The generated grid over block types, fusions and gammas is tests/test_fuse_grid.
 from __future__ import annotations
 
 import copy
-import re
 
 import pytest
 import torch
+from conftest import family, randomized, smallest_per_family
 from torch import nn
 
 from cspnet.bench.measure import count_macs
 from cspnet.deploy.fuse import FusedConvAct, FusedCrossStage, fuse_model
 from cspnet.models import create_model, list_models
-from cspnet.nn.bn import calibrate_bn
 from cspnet.nn.layers import BNActConv, ConvBNAct
 from cspnet.nn.stages import CrossStage
 
@@ -27,40 +26,6 @@ def assert_same(out: torch.Tensor, ref: torch.Tensor) -> None:
     assert out.shape == ref.shape
     err = float((out - ref).abs().max())
     assert err <= 1e-4 * float(ref.abs().max()), f"max |diff| {err:.2e} vs output scale {float(ref.abs().max()):.2e}"
-
-
-def family(name: str) -> str:
-    """'cspresnext50' -> 'resnext': CSP and plain twins share a family."""
-    return re.match(r"[a-z]+", name.removeprefix("csp")).group(0)
-
-
-def smallest_per_family(csp: bool = True) -> list[str]:
-    from cspnet.models import model_info
-
-    best: dict[str, str] = {}
-    for n in list_models():
-        info = model_info(n)
-        if info.is_csp != csp:
-            continue
-        f = family(n)
-        if f not in best or (info.gmacs or 0) < (model_info(best[f]).gmacs or 0):
-            best[f] = n
-    return sorted(best.values())
-
-
-@torch.no_grad()
-def randomized(name: str, seed: int = 0) -> nn.Module:
-    """A model whose BN statistics and affine terms are not the identity, so folding them is really tested."""
-    torch.manual_seed(seed)
-    model = create_model(name, num_classes=10)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.weight.uniform_(0.5, 1.5)
-            m.bias.normal_(0.0, 0.2)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, 0.2)
-    calibrate_bn(model, torch.randn(4, 3, IMG, IMG))  # real statistics keep eval activations O(1)
-    return model.eval()
 
 
 def test_families_cover_the_zoo():
