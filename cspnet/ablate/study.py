@@ -151,6 +151,34 @@ class Study:
         for v, seed in self.units():
             self.train_one(v, seed)
 
+    def _process_group(self) -> None:
+        """Under torchrun, a process group for the next training. The engine destroys its group when a training
+        ends; a second init on torchrun's store with the same keys breaks (gloo: connection reset), so each
+        training of the study gets its own key prefix in that store."""
+        import datetime
+
+        import torch.distributed as dist
+
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        if world == 1 or dist.is_initialized():
+            return
+        device = self.cfg.budget.device
+        cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        rank = int(os.environ["RANK"])
+        agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun keeps the store in its agent
+        store = dist.TCPStore(
+            os.environ["MASTER_ADDR"],
+            int(os.environ["MASTER_PORT"]),
+            world,
+            is_master=rank == 0 and not agent,
+            timeout=datetime.timedelta(minutes=30),
+        )
+        self._groups = getattr(self, "_groups", 0) + 1
+        prefix = dist.PrefixStore(f"cspnet_ablate_{self._groups}", store)
+        dist.init_process_group("nccl" if cuda else "gloo", store=prefix, rank=rank, world_size=world)
+
     def train_one(self, v: Variant, seed: int) -> dict:
         """Train one variant with one seed; skipped when train.json exists, resumed when last.pt does."""
         b = self.cfg.budget
@@ -197,6 +225,7 @@ class Study:
         if self.main:
             run.mkdir(parents=True, exist_ok=True)
         # locked while training (two processes never train one run); a fresh folder left without a checkpoint goes
+        self._process_group()
         trainer = Trainer(task, tcfg, run=RunDir(run, fresh=resume is None) if self.main else None)
         metrics = trainer.fit(resume=resume)
         rows = list(csv.DictReader((run / "results.csv").open())) if (run / "results.csv").is_file() else []
