@@ -267,3 +267,25 @@ def test_fused_equals_unfused(name, kw):
         ref, out = m(x), fused(x)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     assert (ref[0] - ref[1]).abs().max() > 1e-3
+
+
+@pytest.mark.slow
+def test_cli_export_detector_onnx(tmp_path, capsys):
+    """`cspnet export --model yolov4-tiny`: ONNX with the decode inside, checked against PyTorch in onnxruntime."""
+    pytest.importorskip("onnxruntime")
+    from cspnet.cli import main
+    from cspnet.deploy.export import load_runner
+
+    out = tmp_path / "tiny.onnx"
+    torch.manual_seed(0)
+    assert main(["export", "--model", "yolov4-tiny-s", "--img", "128", "--runs", "0", "--out", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out and out.is_file()
+    torch.manual_seed(0)
+    model = create_model("yolov4-tiny-s").fuse()  # the same random weights as the CLI's
+    x = torch.randn(2, 3, 128, 128)
+    got = torch.from_numpy(load_runner(out, "onnx")(x))
+    with torch.no_grad():
+        ref = model(x)
+    assert got.shape == ref.shape == (2, 3 * (8 * 8 + 4 * 4), 85)
+    torch.testing.assert_close(got[..., 4:], ref[..., 4:], rtol=1e-4, atol=1e-5)  # probabilities
+    torch.testing.assert_close(got[..., :4], ref[..., :4], rtol=1e-4, atol=1e-3)  # boxes in pixels

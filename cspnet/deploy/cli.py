@@ -12,7 +12,7 @@ from cspnet.cli_args import add_output, check_output, existing_file, image_size,
 def _load_for_export(args: argparse.Namespace):
     """The model to export: from a training checkpoint's own record of its architecture when it has one."""
     from cspnet.errors import ConfigError
-    from cspnet.models import create_model
+    from cspnet.models import create_model, model_info
     from cspnet.models.weights import load_into, read_checkpoint
 
     name, overrides = args.model, dict(args.override or [])
@@ -29,13 +29,16 @@ def _load_for_export(args: argparse.Namespace):
             return model, meta.get("model", name or "model"), meta.get("img", 224)
         if name is None:
             raise ConfigError("--weights needs --model NAME to know the architecture (see `cspnet models`)")
-        fc = sd.get("head.fc.weight")
-        model = create_model(name, num_classes=fc.shape[0] if fc is not None else 1000, **overrides)
+        fc, preds = sd.get("head.fc.weight"), sd.get("head.preds.0.bias")
+        num_classes = fc.shape[0] if fc is not None else None  # None: the model's default
+        if fc is None and preds is not None and "head.anchors" in sd:  # a detector: A x (5 + C) predictions
+            num_classes = preds.numel() // sd["head.anchors"].shape[1] - 5
+        model = create_model(name, num_classes=num_classes, **overrides)
         load_into(model, sd, args.weights)
-        return model, name, 224
+        return model, name, model_info(name).img_size
     if name is None:
         raise ConfigError("pass --model NAME or --weights FILE --model NAME")
-    return create_model(name, **overrides), name, 224
+    return create_model(name, **overrides), name, model_info(name).img_size
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
