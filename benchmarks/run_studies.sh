@@ -21,11 +21,11 @@ train_both() {  # $1 data, $2 runs root, $3 device, $4 log folder; extra args vi
   local data=$1 runs=$2 device=$3 logs=$4
   mkdir -p "$runs"
   local t0=$SECONDS
-  timeout -k 30 "${LIMIT_S:-330}" $PY -m cspnet.cli ablate --base peleenet --data "$data" --budget cpu \
+  timeout -k 60 "${LIMIT_S:-330}" $PY -m cspnet.cli ablate --base peleenet --data "$data" --budget cpu \
     --seeds "${ABL_SEEDS:-1}" --device "$device" --workers "${ABL_WORKERS:-1}" --jobs 6 --parts train,report \
     --project "$runs/ablate" --name $ABL_NAME ${ABL_EXTRA:-} > "$logs/ablate.log" 2>&1 &
   local abl=$!
-  timeout -k 30 "${LIMIT_S:-330}" $PY benchmarks/convergence.py --data "$data" --device "$device" \
+  timeout -k 60 "${LIMIT_S:-330}" $PY benchmarks/convergence.py --data "$data" --device "$device" \
     --seeds "${CONV_SEEDS:-2}" --jobs $((2 * ${CONV_SEEDS:-2})) --workers "${CONV_WORKERS:-3}" \
     ${CONV_EPOCHS:+--epochs $CONV_EPOCHS} --parts train,report --project "$runs/convergence" --name $CONV_NAME \
     --out "$runs/convergence_report" ${CONV_EXTRA:-} > "$logs/convergence.log" 2>&1 &
