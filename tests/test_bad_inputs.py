@@ -80,6 +80,7 @@ ROWS: list[tuple[list[str], int, str]] = [
     (["export", "--weights", "{file}"], 2, "cannot read"),
     (["export", "--weights", "{pickle_st}"], 2, "as .safetensors (it is a zip: a torch file named .safetensors?"),
     (["export", "--model", "nosuch"], 2, "unknown model"),
+    (["export", "--model", "yolov4-tiny", "--img", "100"], 2, "not a multiple of the stride 32"),
     # darknet info / convert
     (["darknet", "info", "{missing}"], 2, "not found"),
     (["darknet", "info", "{dir}"], 2, "is a folder"),
