@@ -53,6 +53,7 @@ ROWS: list[tuple[list[str], int, str]] = [
     (["compare", "resnet10", "cspresnet10", "--img", "-32"], 2, IMG),
     (["compare", "resnet10", "cspresnet10", "--threads", "0"], 2, NUM),
     (["compare", "resnet10", "cspresnet5"], 2, "did you mean cspresnet50"),
+    (["compare", "yolov4-tiny", "yolov4-tiny", "--img", "100"], 2, "not a multiple of the stride 32"),
     # bench
     (["bench", "resnet10", "--batch", "1", "0"], 2, NUM),
     (["bench", "resnet10", "--img", "0"], 2, IMG),
@@ -65,6 +66,7 @@ ROWS: list[tuple[list[str], int, str]] = [
     (["bench", "resnet10", "--out", "{file}", "--force"], 2, "is a file; pass a folder"),
     (["bench", "resnet10@warp"], 2, "unknown option"),
     (["bench", "resnet10", "--dtype", "int4"], 2, "unknown dtype"),
+    (["bench", "yolov4-tiny", "--img", "100", "--no-memory"], 2, "not a multiple of the stride 32"),
     # export
     (["export", "--model", "resnet10", "--img", "0"], 2, IMG),
     (["export", "--model", "resnet10", "--img", "-5"], 2, IMG),
