@@ -177,6 +177,17 @@ def test_close_mosaic_and_multiscale_hooks(shared, tmp_path):
     assert len(sizes) > 1 and task.preprocess(batch, False)["images"].shape[-1] == 64
 
 
+def test_auto_anchors(shared, tmp_path):
+    data = subset_yaml(tmp_path, shared, "train2017", 8)
+    plain = DetectTask(DetectCfg(model="yolov4-tiny", data=str(data), img=64, **TINY)).build_model()
+    fitted = DetectTask(DetectCfg(model="yolov4-tiny", data=str(data), img=64, auto_anchors=True, **TINY)).build_model()
+    a = fitted.head.anchors
+    assert a.shape == plain.head.anchors.shape and not torch.equal(a, plain.head.anchors)
+    area = a.reshape(-1, 2).prod(1)
+    assert (area[1:] >= area[:-1]).all() and a.max() <= 64 * 1.01  # small to large over the levels, in 64 px images
+    assert "head.anchors" in fitted.state_dict()  # saved with the weights, so a checkpoint keeps them
+
+
 @pytest.mark.slow
 def test_train_run_folder(shared, tmp_path):
     data = subset_yaml(tmp_path, shared, "train2017", 4)

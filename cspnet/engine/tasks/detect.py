@@ -45,6 +45,7 @@ class DetectCfg:
     width: float | None = None  # model width multiplier override
     depth: float | None = None  # model depth multiplier override
     backbone: str | None = None  # another zoo backbone under the same neck and head
+    auto_anchors: bool = False  # re-estimate the anchors by k-means on the training boxes (darknet's calc_anchors)
     subset: int | None = None  # keep the first N training images (sorted by path)
     val_subset: int | None = None
     val_split: str = "val"
@@ -173,7 +174,28 @@ class DetectTask(TaskBase):
             raise ConfigError(f"--img {self.cfg.img} is not a multiple of the model's stride {stride}")
         if self.cfg.weights:
             load_detector_weights(model, self.cfg.weights)
+        if self.cfg.auto_anchors:
+            self.fit_anchors(model)
         return model
+
+    def fit_anchors(self, model: nn.Module) -> None:
+        """k-means (1 - IoU) anchors of the training boxes at the letterboxed training size; saved with the weights."""
+        import numpy as np
+
+        from cspnet.models.yolo import kmeans_anchors
+
+        src, img = self.datasets()[0].source, self.cfg.img
+        wh = [r.boxes[:, 2:] - r.boxes[:, :2] for r in src.records if len(r.boxes)]
+        scale = [np.full((len(r.boxes), 1), img / max(r.width, r.height)) for r in src.records if len(r.boxes)]
+        wh = torch.from_numpy(np.concatenate(wh) * np.concatenate(scale)).float() if wh else torch.zeros(0, 2)
+        shape = model.head.anchors.shape
+        anchors = kmeans_anchors(wh, n=shape[0] * shape[1], img_size=img, seed=0).view(shape)
+        with torch.no_grad():
+            model.head.anchors.copy_(anchors)
+        from cspnet.engine import dist
+
+        if dist.is_main():
+            print(f"anchors from k-means on {len(wh)} training boxes: {anchors.round().int().tolist()}", flush=True)
 
     def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict]:
         """Decay on conv weights only (no decay on BatchNorm weights and biases), as YOLOv4/v5 do."""

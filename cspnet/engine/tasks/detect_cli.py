@@ -256,6 +256,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=positive_float, help="model width multiplier (e.g. 0.25 for a CPU-sized model)")
     p.add_argument("--depth", type=positive_float, help="model depth multiplier")
     p.add_argument("--backbone", help="another zoo backbone under the same neck and head, e.g. darknet53")
+    p.add_argument(
+        "--auto-anchors", action="store_const", const=True, help="k-means anchors from the training boxes (saved)"
+    )
     p.add_argument("--subset", type=positive_int, help="train on the first N training images (sorted by path)")
     p.add_argument("--val-subset", type=positive_int, help="validate on the first N images")
     p.add_argument("--val-split", help=f"split validated each epoch (default {c.val_split})")
