@@ -53,8 +53,8 @@ def test_darknet_predict(tmp_path, darknet_dir, shared):
     image = next((shared / "data" / "raccoon" / "images").glob("*.jpg"))
     out = run(
         "darknet_predict.py",
-        *("--cfg", str(darknet_dir / "csresnet50.cfg"), "--images", str(image), "--img", "64"),
+        *("--cfg", str(darknet_dir / "yolov4-tiny.cfg"), "--images", str(image), "--img", "128"),
         cwd=tmp_path,
     )
-    assert "-> cspresnet50" in out and (tmp_path / "converted.safetensors").is_file()
-    assert out.strip().splitlines()[-1].startswith(image.name)
+    assert "-> YoloDetector" in out and (tmp_path / "converted.safetensors").is_file()
+    assert (tmp_path / f"pred_{image.stem}.jpg").is_file() and " detections" in out.strip().splitlines()[-1]
