@@ -1,9 +1,12 @@
-"""examples/*.py run end to end with tiny settings (subprocesses: slow)."""
+"""examples/*.py run end to end with tiny settings (end to end: slow). Each runs as `__main__` in this process,
+as `python examples/X.py ARGS` would, without an interpreter start-up per script."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
-import subprocess
+import runpy
 import sys
 from pathlib import Path
 
@@ -14,12 +17,17 @@ pytestmark = pytest.mark.slow
 
 
 def run(script: str, *args: str, cwd: Path) -> str:
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    r = subprocess.run(
-        [sys.executable, str(REPO / "examples" / script), *args], cwd=cwd, env=env, capture_output=True, text=True
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r.stdout
+    path = REPO / "examples" / script
+    out, old_argv, old_cwd = io.StringIO(), sys.argv, os.getcwd()
+    sys.argv = [str(path), *args]
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(str(path), run_name="__main__")
+    finally:
+        sys.argv = old_argv
+        os.chdir(old_cwd)
+    return out.getvalue()
 
 
 def test_examples_are_short():
