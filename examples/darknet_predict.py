@@ -8,13 +8,13 @@ import argparse
 from pathlib import Path
 
 import torch
-from torchvision.io import read_image, write_jpeg
 from torchvision.ops import clip_boxes_to_image
-from torchvision.transforms.v2.functional import resize
+from torchvision.transforms.v2.functional import pil_to_tensor, resize, to_pil_image
 from torchvision.utils import draw_bounding_boxes
 
 import cspnet
 from cspnet.data.boxes import postprocess
+from cspnet.data.images import load_image
 from cspnet.interop.darknet.model import DarknetModel
 from cspnet.interop.darknet.weights import write_weights
 from cspnet.models.weights import save_state_dict
@@ -41,7 +41,7 @@ save_state_dict(model.state_dict(), args.out)
 print(f"wrote {args.out}: safetensors, no darknet code needed to load it again")
 
 for f in args.images:
-    image = read_image(f)[:3]
+    image = pil_to_tensor(load_image(f))  # 8-bit RGB whatever the file holds
     with torch.inference_mode():
         out = model(resize(image, [args.img, args.img])[None].float() / 255)
     if out.dim() == 2:  # a classifier: logits (a cfg model that is not native ends in softmax)
@@ -52,5 +52,5 @@ for f in args.images:
     h, w = image.shape[-2:]
     det[:, :4] = clip_boxes_to_image(det[:, :4] * torch.tensor([w, h, w, h]) / args.img, (h, w))
     drawn = draw_bounding_boxes(image, det[:, :4], [f"{int(c)} {s:.2f}" for s, c in det[:, 4:].tolist()], colors="red")
-    write_jpeg(drawn, str(Path(args.out).parent / f"pred_{Path(f).stem}.jpg"))
+    to_pil_image(drawn).save(Path(args.out).parent / f"pred_{Path(f).stem}.jpg")
     print(f"{f}: {len(det)} detections, e.g. {[[round(v) for v in d[:4]] for d in det[:3].tolist()]}")

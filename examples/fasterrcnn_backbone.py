@@ -1,17 +1,17 @@
-"""Swap a CSP backbone into torchvision's Faster R-CNN, train it on a VOC-style folder and predict.
+"""Swap a CSP backbone into torchvision's Faster R-CNN, train it on a VOC folder (images/, annotations/) and predict.
 
-    python examples/fasterrcnn_backbone.py --data ../shared/data/raccoon --model cspresnet50 --steps 300
-The folder holds images/*.jpg and annotations/*.xml (Pascal VOC boxes)."""
+python examples/fasterrcnn_backbone.py --data ../shared/data/raccoon --model cspresnet50 --steps 300"""
 
 import argparse
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import torch
-from torchvision.io import read_image
 from torchvision.models.detection import FasterRCNN
+from torchvision.transforms.v2.functional import pil_to_tensor
 
 import cspnet
+from cspnet.data.images import load_image
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("--data", required=True, help="folder with images/ and annotations/ (VOC XML)")
@@ -28,7 +28,7 @@ def load(xml: Path) -> tuple[torch.Tensor, dict]:
     root = ET.parse(xml).getroot()
     objs = root.findall("object")
     boxes = [[float(o.find(f"bndbox/{k}").text) for k in ("xmin", "ymin", "xmax", "ymax")] for o in objs]
-    image = read_image(str(xml.parent.parent / "images" / root.find("filename").text)).float() / 255
+    image = pil_to_tensor(load_image(xml.parent.parent / "images" / root.find("filename").text)).float() / 255
     return image, dict(boxes=torch.tensor(boxes).reshape(-1, 4), names=[o.find("name").text for o in objs])
 
 
