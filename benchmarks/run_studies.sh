@@ -9,7 +9,7 @@
 # the convergence pair (cspresnet10/resnet10, 2 seeds each, 12 epochs on all 50,000 images, small-input stem) train
 # at once as 6 + 4 processes sharing the GPU (fp16 autocast), 1 + 3 data-loader workers each. Nothing is timed there:
 # latency is measured on the CPU that `finish` runs on. Settings: env ABL_SEEDS, CONV_EPOCHS, CONV_SEEDS, LIMIT_S,
-# EXTRACT (0: read the zip directly).
+# EXTRACT (0: read the zip directly), STUDIES (ablate,convergence: which to train).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-}
@@ -22,20 +22,22 @@ train_both() {  # $1 data, $2 runs root, $3 device, $4 log folder; extra args vi
   local data=$1 runs=$2 device=$3 logs=$4
   mkdir -p "$runs"
   local t0=$SECONDS
-  timeout -k 60 "${LIMIT_S:-330}" $PY -m cspnet.cli ablate --base peleenet --data "$data" --budget cpu \
-    --seeds "${ABL_SEEDS:-1}" --device "$device" --workers "${ABL_WORKERS:-1}" --jobs 6 --parts train,report \
-    --project "$runs/ablate" --name $ABL_NAME ${ABL_EXTRA:-} > "$logs/ablate.log" 2>&1 &
-  local abl=$!
-  timeout -k 60 "${LIMIT_S:-330}" $PY benchmarks/convergence.py --data "$data" --device "$device" \
-    --seeds "${CONV_SEEDS:-2}" --jobs $((2 * ${CONV_SEEDS:-2})) --workers "${CONV_WORKERS:-3}" \
-    ${CONV_EPOCHS:+--epochs $CONV_EPOCHS} --parts train,report --project "$runs/convergence" --name $CONV_NAME \
-    --out "$runs/convergence_report" ${CONV_EXTRA:-} > "$logs/convergence.log" 2>&1 &
-  local conv=$!
-  local rc=0
-  wait $abl || rc=$?
-  echo "ablation trainings: exit $rc after $((SECONDS - t0)) s"
-  wait $conv || rc=$?
-  echo "convergence trainings: exit $rc after $((SECONDS - t0)) s"
+  local abl="" conv="" rc=0
+  if [[ ${STUDIES:-ablate,convergence} == *ablate* ]]; then
+    timeout -k 60 "${LIMIT_S:-330}" $PY -m cspnet.cli ablate --base peleenet --data "$data" --budget cpu \
+      --seeds "${ABL_SEEDS:-1}" --device "$device" --workers "${ABL_WORKERS:-1}" --jobs 6 --parts train,report \
+      --project "$runs/ablate" --name $ABL_NAME ${ABL_EXTRA:-} > "$logs/ablate.log" 2>&1 &
+    abl=$!
+  fi
+  if [[ ${STUDIES:-ablate,convergence} == *convergence* ]]; then
+    timeout -k 60 "${LIMIT_S:-330}" $PY benchmarks/convergence.py --data "$data" --device "$device" \
+      --seeds "${CONV_SEEDS:-2}" --jobs $((2 * ${CONV_SEEDS:-2})) --workers "${CONV_WORKERS:-3}" \
+      ${CONV_EPOCHS:+--epochs $CONV_EPOCHS} --parts train,report --project "$runs/convergence" --name $CONV_NAME \
+      --out "$runs/convergence_report" ${CONV_EXTRA:-} > "$logs/convergence.log" 2>&1 &
+    conv=$!
+  fi
+  if [ -n "$abl" ]; then wait $abl || rc=$?; echo "ablation trainings: exit $rc after $((SECONDS - t0)) s"; fi
+  if [ -n "$conv" ]; then wait $conv || rc=$?; echo "convergence trainings: exit $rc after $((SECONDS - t0)) s"; fi
   return $rc
 }
 
@@ -80,11 +82,15 @@ finish)
   export OMP_WAIT_POLICY=PASSIVE
   uptime
   # CPU latency (interleaved, fused and unfused, batch 1 and 8) of every variant, then the tables and docs
-  $PY -m cspnet.cli ablate --base peleenet --budget cpu --parts measure,report --project "$RUNS/ablate" \
-    --name $ABL_NAME ${THREADS:+--threads $THREADS}
-  $PY benchmarks/ablation_doc.py --study "$RUNS/ablate/$ABL_NAME" --out "$DOCS"
-  $PY benchmarks/convergence.py --parts measure,report --project "$RUNS/convergence" --name $CONV_NAME \
-    --out "$DOCS/convergence" ${THREADS:+--threads $THREADS}
+  if [ -d "$RUNS/ablate/$ABL_NAME" ]; then
+    $PY -m cspnet.cli ablate --base peleenet --budget cpu --parts measure,report --project "$RUNS/ablate" \
+      --name $ABL_NAME ${THREADS:+--threads $THREADS}
+    $PY benchmarks/ablation_doc.py --study "$RUNS/ablate/$ABL_NAME" --out "$DOCS"
+  fi
+  if [ -d "$RUNS/convergence/$CONV_NAME" ]; then
+    $PY benchmarks/convergence.py --parts measure,report --project "$RUNS/convergence" --name $CONV_NAME \
+      --out "$DOCS/convergence" ${THREADS:+--threads $THREADS}
+  fi
   uptime
   ;;
 tiny)  # the same pipeline, end to end on this CPU: 500 training images, 1-2 epochs, into a scratch folder
