@@ -97,6 +97,9 @@ def test_smoke_study_interrupted_then_finished_without_retraining(data, tmp_path
     assert md.count("\n| ") == 4 and "cspnet ablate --base resnet10" in md
     for png in ("acc_vs_macs.png", "acc_vs_latency.png"):
         assert (study / png).read_bytes()[:4] == b"\x89PNG"
+    # a report without --grid keeps the study's own variants (the default grid is not added)
+    assert main(["ablate", "--base", "resnet10", "--project", str(tmp_path), "--name", "cut", "--parts", "report"]) == 0
+    assert list(rows(study)) == ["plain", "fusion=last", "gamma=0.25"]
 
 
 def test_changed_recipe_or_bad_grid_is_one_clear_error(data, tmp_path, capsys):

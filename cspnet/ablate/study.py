@@ -104,6 +104,11 @@ class Study:
             if "train" not in c.parts:  # measuring or reporting a study: its own recipe, whatever the budget flags say
                 c.budget = dataclasses.replace(c.budget, **saved["recipe"])
                 recipe = c.budget.recipe()
+                if c.grid is None:  # and its own variants
+                    self.variants = [
+                        Variant(e["label"], e["model"], tuple(sorted(e["overrides"].items())))
+                        for e in saved["variants"].values()
+                    ]
             diff = {k: (saved["recipe"].get(k), v) for k, v in recipe.items() if saved["recipe"].get(k) != _plain(v)}
             if diff:
                 what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items())
