@@ -120,8 +120,10 @@ def test_timm_conventions_and_options():
         (dict(out_indices=(7,)), "out_indices"),
         (dict(trainable_layers=9), "trainable_layers"),
         (dict(fpn=False, out_indices=(3, 4)), "one map"),
+        (dict(model="yolov4-tiny"), "classification backbone"),
+        (dict(model="cspresnet5"), "did you mean"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(kw, match):
     with pytest.raises(cspnet.ConfigError, match=match):
-        torchvision_backbone("cspresnet10", **kw)
+        torchvision_backbone(**{"model": "cspresnet10", **kw})

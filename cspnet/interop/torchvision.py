@@ -26,8 +26,11 @@ def _build(model: str | CspNet, **create_kw) -> CspNet:
         if create_kw:
             raise ConfigError(f"{', '.join(create_kw)} apply to a model name; pass them to create_model instead")
         return model
-    from cspnet.models.registry import create_model
+    from cspnet.models.registry import create_model, model_info
 
+    task = model_info(model).task
+    if task != "classify":
+        raise ConfigError(f"{model} is a {task} model; pass a classification backbone (`cspnet models` lists them)")
     return create_model(model, num_classes=0, **create_kw)
 
 
