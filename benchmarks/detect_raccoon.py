@@ -121,6 +121,7 @@ def main() -> None:
     p.add_argument("--out", default="docs/results/detect_raccoon.md")
     args = p.parse_args()
     args.model_args = shlex.split(args.model_args)
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # before torch loads OpenMP (size() and latency() import it here)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "OMP_WAIT_POLICY": "PASSIVE"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     models = args.models.split(",")
@@ -149,7 +150,6 @@ def main() -> None:
             "epochs": len(ips),
             "best_epoch_map50": max(float(r["val/map50"]) for r in rows(run)),
         }
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     lat = latency({m: Path(args.project) / m / "weights/last.pt" for m in models}, args.img, args.runs, args.threads)
     for m in models:
         results[m]["latency_ms"] = lat[m]
@@ -214,7 +214,7 @@ def write(args, models: list[str], results: dict, commands: dict, meta: dict) ->
         *["python " + shlex.join(commands[m][1:]) for m in models],
         "```",
         "",
-        f"Total wall time {meta['wall_s'] / 60:.0f} min. Raw numbers: `{out.with_suffix('.json').name}`.",
+        f"Raw numbers: `{out.with_suffix('.json').name}`.",
         "",
     ]
     out.write_text("\n".join(lines))
