@@ -30,7 +30,7 @@ import torch
 from cspnet import from_darknet
 from cspnet.bench.harness import machine_info
 from cspnet.bench.measure import load_average, summarize, time_interleaved
-from cspnet.interop.darknet.model import DarknetModel
+from cspnet.interop.darknet.model import Conv, DarknetModel
 from cspnet.interop.darknet.weights import write_weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,13 +38,26 @@ SHARED = Path(os.environ.get("CSPNET_SHARED", REPO.parent / "shared"))
 
 
 def random_darknet(cfg: Path, img: int, path: Path) -> Path:
-    """`.weights` for `cfg` with random convs and BN statistics from one random batch."""
+    """`.weights` for `cfg`: random convs, BN statistics from one random batch (a trained net's activation scale,
+    no denormals), BN beta in [1, 2], variances far above BN's eps and prediction convs x0.3: the well-conditioned
+    regime of tests/test_yolo.py, where OpenCV's outputs and ours agree to 1e-5, so the check below means something.
+    """
+    g = torch.Generator().manual_seed(0)
     dk = DarknetModel.from_cfg(cfg)
     with torch.no_grad():
         for m in dk.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5, generator=g)
+                m.bias.uniform_(1.0, 2.0, generator=g)
                 m.momentum = None
-        dk.train()(torch.rand(2, 3, img, img))
+        dk.train()(torch.randn(2, 3, img, img, generator=g))
+        for layer in dk.layers:
+            if isinstance(layer, Conv) and isinstance(layer.bn, torch.nn.BatchNorm2d):
+                layer.conv.weight.mul_(10)
+                layer.bn.running_var.mul_(100)
+                layer.bn.running_mean.mul_(10)
+            elif isinstance(layer, Conv):
+                layer.conv.weight.mul_(0.3)
     return write_weights(dk.eval(), path)
 
 
@@ -82,14 +95,29 @@ def lscpu_isa() -> str:
     return f"{model}; {' '.join(avx512) or 'no AVX-512'}; {'BF16' if bf16 else 'no BF16'}"
 
 
-def bench_one(stem: str, img: int, runs: int, threads: int, ort: bool, cfg_model: bool, tmp: Path) -> dict:
+def profile_shares(fn, top: int = 5) -> dict[str, float]:
+    """Share of self CPU time per op over two calls of `fn` (torch.profiler), the `top` largest."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+        fn()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    rows = sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]
+    return {e.key: e.self_cpu_time_total / total for e in rows}
+
+
+def bench_one(
+    stem: str, img: int, runs: int, threads: int, ort: bool, cfg_model: bool, tmp: Path, profile: bool = False
+) -> dict:
     import cv2
 
     cfg = SHARED / "darknet" / f"{stem}.cfg"
     weights = random_darknet(cfg, img, tmp / f"{stem}.weights")
     ours = from_darknet(cfg, weights, verify=False).fuse()
     net, names = opencv_net(cfg, weights)
-    x = torch.rand(1, 3, img, img)
+    x = torch.randn(1, 3, img, img, generator=torch.Generator().manual_seed(1))
     xn = x.numpy()
     with torch.inference_mode():
         out = ours(x)
@@ -134,6 +162,8 @@ def bench_one(stem: str, img: int, runs: int, threads: int, ort: bool, cfg_model
     }
     if ort:
         result["max_abs_diff_ort_vs_torch"] = float(np.abs(ort_out - out.numpy()).max())
+    if profile:
+        result["profile_cspnet_fused"] = profile_shares(run_ours)
     return result
 
 
@@ -151,7 +181,7 @@ def markdown(results: list[dict], meta: dict) -> str:
         "times are inflated and noisy; the paths are timed interleaved round-robin (rotating start) in one process, "
         "so the ratios of medians are the result.",
         "",
-        "Same cfg (../shared/darknet), same random `.weights` (BN statistics from a random batch), same input for "
+        "Same cfg (../shared/darknet), same random `.weights` (see `random_darknet` in the script), same input for "
         "every path. `ratio` = median / OpenCV's median (goal: cspnet fused <= 0.9).",
         "",
         "| model | img | path | median ms | p25-p75 ms | ratio vs OpenCV |",
@@ -170,6 +200,10 @@ def markdown(results: list[dict], meta: dict) -> str:
             line += f"; onnxruntime vs PyTorch (pixels) {r['max_abs_diff_ort_vs_torch']:.1e}"
         line += f"; {r['runs']} rounds; load {r['load_before']:.1f} before, {r['load_after']:.1f} after"
         lines.append(line)
+    for r in results:
+        if "profile_cspnet_fused" in r:
+            shares = ", ".join(f"{k} {v:.0%}" for k, v in r["profile_cspnet_fused"].items())
+            lines.append(f"- profile of cspnet (fused) {r['model']}, self CPU time: {shares}")
     return "\n".join(lines) + "\n"
 
 
@@ -181,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-ort", action="store_true", help="skip onnxruntime")
     p.add_argument("--cfg-model", action="store_true", help="also time the generic cfg model")
+    p.add_argument("--profile", action="store_true", help="also profile our fused model (top ops by self CPU time)")
     p.add_argument("--md", type=Path, default=None, help="write the markdown table here (and .json beside it)")
     args = p.parse_args(argv)
     import cv2
@@ -190,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory() as d:
         for stem in args.models:
-            r = bench_one(stem, args.img, args.runs, args.threads, not args.no_ort, args.cfg_model, Path(d))
+            r = bench_one(
+                stem, args.img, args.runs, args.threads, not args.no_ort, args.cfg_model, Path(d), args.profile
+            )
             results.append(r)
             print(json.dumps(r, indent=2), flush=True)
     meta = machine_info(args.threads)
