@@ -175,10 +175,18 @@ def write(study: Path, out_dir: Path) -> None:
         lines += [
             "",
             "Why a small-scale result may disagree: CIFAR-10 is 32x32 images and 10 classes, trained here for a few "
-            "epochs on part of the training set, far from the paper's 160 epochs of ImageNet; PeleeNet's stride-4 stem "
-            "leaves 8x8 maps at 32x32 input, so the last stage works on 1x1 maps; with one seed per variant, differences "
-            "of a point or two are within what a reseed can move. The MAC deltas do not depend on the data: they are "
-            "the design's, measured; latency deltas are this CPU's.",
+            "epochs on part of the training set, far from the paper's ImageNet schedule (1.6M steps of batch 128 for "
+            "DenseNet-based models, about 160 epochs); PeleeNet's stride-4 stem leaves 8x8 maps at 32x32 input, so the "
+            "last stage works on 1x1 maps. "
+            + (
+                "With one seed per variant the run-to-run spread of this recipe is unknown; for scale, the CIFAR-10 "
+                "benchmark's cspresnet10 moved by 3.3 points between two seeds (41.18 and 44.46, "
+                "classify_cifar10.md and classify_cifar10_seed1.md). "
+                if int(rows["plain"]["seeds"] or 0) < 2
+                else ""
+            )
+            + "The MAC deltas do not depend on the data: they are the design's, measured; latency deltas are this "
+            "CPU's.",
         ]
     else:
         lines += [
