@@ -103,6 +103,19 @@ def reading(rows: dict[str, dict]) -> list[str]:
     return [x for x in out if x]
 
 
+def overhead_note(rows: dict[str, dict]) -> str:
+    """How far from arithmetic-bound the latency is: the plain base's MACs per second at batch 1, fused."""
+    r = rows.get("plain", {})
+    if not r.get("b1_fused_ms") or not r.get("macs"):
+        return ""
+    rate = float(r["macs"]) / (float(r["b1_fused_ms"]) / 1e3) / 1e9
+    return (
+        f"The plain base runs {float(r['macs']) / 1e6:.1f} MMACs in {float(r['b1_fused_ms']):.1f} ms at batch 1 "
+        f"({rate:.2f} GMAC/s): at this input size per-layer overhead and the machine's load, not arithmetic, set the "
+        "latency, so latency deltas need not follow MAC deltas. "
+    )
+
+
 def gamma_note(rows: dict[str, dict]) -> str:
     """Our gamma against the paper's, from the MACs (which need no training)."""
     if not all(rows.get(k, {}).get("macs_vs_plain_pct") for k in ("gamma=0.25", "gamma=0.75")):
@@ -185,8 +198,9 @@ def write(study: Path, out_dir: Path) -> None:
                 if int(rows["plain"]["seeds"] or 0) < 2
                 else ""
             )
+            + overhead_note(rows)
             + "The MAC deltas do not depend on the data: they are the design's, measured; latency deltas are this "
-            "CPU's.",
+            "CPU's, at the load stated below.",
         ]
     else:
         lines += [

@@ -20,6 +20,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PLATEAU_SHARE = 0.2  # the curve's last 20% of epochs: how much top-1 still rose there
+PLATEAU_POINTS = 0.5  # a rise above this over those epochs is not a plateau
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -142,6 +143,7 @@ def write(a: argparse.Namespace, s: dict, commands: list[str]) -> None:
         )
     lines += ["", f"![test top-1 per epoch]({out.name}.png)", ""]
     if csp and plain and csp["final_mean"] is not None and plain["final_mean"] is not None:
+        rises = [m["rise_last_epochs"]["mean"] or 0.0 for m in (csp, plain)]
         diff = csp["final_mean"] - plain["final_mean"]
         noise = max(x for x in (csp["final_std"], plain["final_std"], 0.0) if x is not None)
         verdict = (
@@ -158,9 +160,15 @@ def write(a: argparse.Namespace, s: dict, commands: list[str]) -> None:
             f"{_f(csp['macs_vs_plain_pct'], '+.1f')}% MACs and {_f(csp['latency_vs_plain_pct']['b1_fused'], '+.1f')}% "
             "CPU latency (batch 1, fused). "
             f"Top-1 rose by {_f(csp['rise_last_epochs']['mean'], '+.2f')} / {_f(plain['rise_last_epochs']['mean'], '+.2f')} "
-            "points over the last epochs: with a cosine schedule the curve flattens as the learning rate reaches its "
-            "floor, so a longer schedule could still add a little to both; what this measures is the gap at the end of "
-            "one schedule on this data, not ImageNet.",
+            f"points over the last {csp['rise_last_epochs']['epochs']} epoch(s) "
+            + (
+                f"(at most {PLATEAU_POINTS} points: flattened at the end of this schedule). "
+                if max(rises) <= PLATEAU_POINTS
+                else f"(more than {PLATEAU_POINTS} points: still rising, NOT a plateau; a longer schedule is needed "
+                "before this can be called the converged answer). "
+            )
+            + "A cosine schedule flattens any curve as the learning rate reaches its floor, so this measures the gap "
+            "at the end of one schedule on this data, not ImageNet.",
             "",
         ]
     m = s.get("machine") or {}

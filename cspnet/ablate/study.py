@@ -132,7 +132,7 @@ class Study:
             if old is not None and (old["model"], old["overrides"]) != (v.model, _plain(dict(v.overrides))):
                 raise ConfigError(f"variant {v.label!r} of {self.dir} was {old['model']} {old['overrides']}; rename it")
             saved["variants"][v.slug] = entry
-        if c.command and self.main:
+        if c.command and self.main and set(c.parts) - {"report"}:  # a report alone changes no result
             saved["commands"] = [*saved["commands"], c.command][-20:]
         if self.main:
             write_json(path, saved)
