@@ -170,6 +170,10 @@ def test_registry_tasks_and_num_classes():
         create_model("yolov4-tiny", partial_ratio=0.5)
     with pytest.raises(ConfigError, match="features_only"):
         create_model("yolov4-tiny", features_only=True)
+    with pytest.raises(ConfigError, match="is a detect model"):
+        create_model("yolov4", backbone="yolov4-tiny-s")
+    with pytest.raises(ConfigError, match="unknown model"):
+        create_model("yolov4", backbone="cspdarknet99")
 
 
 def test_interface_train_raw_eval_decoded():

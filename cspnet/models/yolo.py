@@ -18,7 +18,7 @@ from torch import nn
 from cspnet.deploy.fuse import fuse_model
 from cspnet.errors import ConfigError, InputError
 from cspnet.models.net import CspNet, FeatureNet, ModelCfg
-from cspnet.models.registry import build_cfg, register_model
+from cspnet.models.registry import build_cfg, model_info, register_model
 from cspnet.nn.layers import ConvBNAct, check_act
 from cspnet.nn.necks import PAN, TinyBackbone, TinyNeck
 from cspnet.nn.stages import StageCfg
@@ -79,8 +79,6 @@ class YoloCfg:
     def is_csp(self) -> bool:
         if self.backbone in (TINY_BACKBONE, *_BACKBONES):
             return True
-        from cspnet.models.registry import model_info
-
         return model_info(self.backbone).is_csp
 
 
@@ -123,6 +121,8 @@ def build_backbone(cfg: YoloCfg, in_chans: int = 3) -> nn.Module:
         widths = tuple(_ch(c, cfg.width) for c in (32, 64, 64, 128, 256, 512))
         return TinyBackbone(widths, in_chans, cfg.act, cfg.leaky_slope)
     kw = dict(cfg.backbone_args)
+    if cfg.backbone not in _BACKBONES and model_info(cfg.backbone).task != "classify":
+        raise ConfigError(f"backbone {cfg.backbone!r} is a {model_info(cfg.backbone).task} model; pick a classifier")
     mcfg = _BACKBONES[cfg.backbone](**kw) if cfg.backbone in _BACKBONES else build_cfg(cfg.backbone, **kw)
     net = CspNet(scale_cfg(mcfg, cfg.width, cfg.depth), num_classes=0, in_chans=in_chans)
     n = len(net.feature_info)
