@@ -200,6 +200,10 @@ ROWS: list[tuple[list[str], int, str]] = [
     (["ablate", "--base", "resnet10", "--data", "{missing}"], 2, "not found"),
     (["ablate", "--base", "nosuch", "--data", "{data}"], 2, "unknown model 'nosuch'"),
     (["ablate", "--base", "resnet10", "--data", "{data}", "--grid", "bogus"], 2, "bad grid entry 'bogus'"),
+    (["ablate", "--base", "resnet10", "--data", "{data}", "--lr", "0"], 2, "must be a number > 0"),
+    (["ablate", "--base", "resnet10", "--data", "{data}", "--subset", "-1"], 2, "must be an integer >= 0"),
+    (["ablate", "--base", "resnet10", "--data", "{data}", "--workers", "-1"], 2, "must be an integer >= 0"),
+    (["ablate", "--base", "resnet10", "--data", "{data}", "--project", "{file}"], 2, "is a file; pass a folder"),
 ]
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cspnet.ablate.budgets import BUDGETS, get_budget
 from cspnet.ablate.study import PARTS, StudyCfg, run_study
+from cspnet.cli_args import nonneg_int, positive_float
 from cspnet.errors import ConfigError, CspnetError
 
 # options passed on unchanged to the --jobs child processes
@@ -193,13 +194,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard", type=parse_shard, default=None, help=argparse.SUPPRESS)
     g = p.add_argument_group("budget changes (a study keeps the recipe it started with)")
     g.add_argument("--epochs", type=positive, default=None)
-    g.add_argument("--subset", type=int, default=None, help="training images (0: all)")
-    g.add_argument("--val-subset", type=int, default=None, help="validation images (0: all)")
+    g.add_argument("--subset", type=nonneg_int, default=None, help="training images (0: all)")
+    g.add_argument("--val-subset", type=nonneg_int, default=None, help="validation images (0: all)")
     g.add_argument("--img", type=positive, default=None)
     g.add_argument("--small-input", action="store_const", const=True, default=None, help="stem without downsampling")
     g.add_argument("--batch", type=positive, default=None)
-    g.add_argument("--lr", type=float, default=None)
-    g.add_argument("--workers", type=int, default=None, help="data-loader processes per training")
+    g.add_argument("--lr", type=positive_float, default=None)
+    g.add_argument("--workers", type=nonneg_int, default=None, help="data-loader processes per training")
     g.add_argument("--device", default=None, help="auto, cpu, cuda (training only; latency is always CPU)")
     g.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default=None)
     g.add_argument("--threads", type=positive, default=None, help="torch threads for the CPU measurements")

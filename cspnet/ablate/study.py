@@ -26,7 +26,7 @@ import torch
 from cspnet.ablate.budgets import Budget
 from cspnet.ablate.grid import PLAIN, Variant, build_grid
 from cspnet.engine import TrainCfg, Trainer
-from cspnet.engine.run import RunDir
+from cspnet.engine.run import RunDir, project_dir
 from cspnet.engine.tasks.classify import ClassifyCfg, ClassifyTask
 from cspnet.errors import ConfigError, InputError
 from cspnet.io import atomic_write
@@ -82,8 +82,8 @@ class Study:
             if p not in PARTS:
                 raise ConfigError(f"unknown part {p!r}; choose from {', '.join(PARTS)}")
         self.cfg = cfg
-        self.dir = Path(cfg.project) / cfg.name
         self.variants: list[Variant] = build_grid(cfg.base, cfg.grid)
+        self.dir = project_dir(cfg.project) / cfg.name
         self.main = int(os.environ.get("RANK", 0)) == 0
         self.done: dict[str, list[str]] = {"trained": [], "resumed": [], "skipped": [], "measured": []}
 

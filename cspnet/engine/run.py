@@ -44,7 +44,8 @@ class RunDir:
             shutil.rmtree(self.path, ignore_errors=True)
 
 
-def _project(project: str | Path) -> Path:
+def project_dir(project: str | Path) -> Path:
+    """The --project folder, created when missing; a file in its path is one error line."""
     project = Path(project)
     if project.exists() and not project.is_dir():
         raise ConfigError(f"--project {project} is a file; pass a folder (it is created when missing)")
@@ -62,7 +63,7 @@ def claim_run(project: str | Path, name: str | None, exist_ok: bool = False) -> 
 
     Without a name the next free exp, exp2, exp3, ... is taken, also atomically.
     """
-    project = _project(project)
+    project = project_dir(project)
     if name:
         d = project / name
         try:
