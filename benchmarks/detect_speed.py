@@ -177,9 +177,9 @@ def markdown(results: list[dict], meta: dict) -> str:
         f"torch {meta['torch']}, OpenCV {results[0]['opencv']}, onnxruntime {meta.get('onnxruntime', '-')}; "
         f"OMP_WAIT_POLICY={meta['omp_wait_policy']}.",
         "",
-        f"Load: {meta['uptime']}. The 2 cores were shared with other developers' jobs while this ran, so absolute "
-        "times are inflated and noisy; the paths are timed interleaved round-robin (rotating start) in one process, "
-        "so the ratios of medians are the result.",
+        f"Load: {meta['uptime']}. If the load average is above the thread count, other jobs shared the cores and "
+        "absolute times are inflated and noisy; the paths are timed interleaved round-robin (rotating start) in one "
+        "process, so the ratios of medians are the result.",
         "",
         "Same cfg (../shared/darknet), same random `.weights` (see `random_darknet` in the script), same input for "
         "every path. `ratio` = median / OpenCV's median (goal: cspnet fused <= 0.9).",
