@@ -7,7 +7,7 @@ Required: `name`, `fitness`, `cfg`, `build_model`, `datasets`, `collate`, `loss`
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -15,8 +15,9 @@ from torch.utils.data import Dataset
 
 from cspnet.engine.metrics import Metric
 
-if TYPE_CHECKING:
-    from cspnet.engine.trainer import Trainer
+# Hooks get the engine's Trainer (engine/trainer.py). It imports this module, so it is not imported back here:
+# the layers import one way only.
+TrainerLike = Any
 
 
 class Task(Protocol):
@@ -48,9 +49,9 @@ class Task(Protocol):
 
     def preprocess(self, batch: dict, train: bool) -> dict: ...  # on the device, before forward
 
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None: ...
+    def on_epoch_start(self, trainer: TrainerLike, epoch: int) -> None: ...
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None: ...
+    def on_epoch_end(self, trainer: TrainerLike, epoch: int, metrics: dict[str, float]) -> None: ...
 
 
 def default_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -87,8 +88,8 @@ class TaskBase:
         """Per-batch work on the device (e.g. multi-scale resizing); the batch's tensors are already there."""
         return batch
 
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+    def on_epoch_start(self, trainer: TrainerLike, epoch: int) -> None:
         """Before epoch `epoch` (0-based) trains, also on resume: derive state from `epoch` (e.g. close mosaic)."""
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
+    def on_epoch_end(self, trainer: TrainerLike, epoch: int, metrics: dict[str, float]) -> None:
         """After epoch `epoch` was validated and logged, before its checkpoint."""
