@@ -67,7 +67,7 @@ def _eager_fast(x: torch.Tensor) -> bool:
     """True where oneDNN calls may replace plain torch ops: eager fp32 CPU, nothing watching the ops."""
     return (
         _MKLDNN
-        and x.device.type == "cpu"
+        and x.is_cpu
         and x.dtype == torch.float32
         and not (torch.is_grad_enabled() and x.requires_grad)
         and not torch.jit.is_tracing()
@@ -121,71 +121,77 @@ class FusedConvAct(nn.Module):
     def from_unit(cls, unit: ConvBNAct, opts: FuseOptions = FuseOptions()) -> FusedConvAct:
         return cls(fuse_conv_bn(unit.conv, unit.bn).requires_grad_(False), unit.act, opts)
 
-    def _fast(self, x: torch.Tensor) -> bool:
-        return (
-            self.opts.onednn
-            and self.conv.padding_mode == "zeros"
-            and self.conv.weight.dtype == torch.float32
-            and not (torch.is_grad_enabled() and self.conv.weight.requires_grad)
-            and _eager_fast(x)
-        )
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._fast(x):
-            return self._onednn(x, "w", self.act)
-        return self.act(self.conv(x))
+        plan = self._plan(x, "w")
+        if plan is None:
+            return self.act(self.conv(x))
+        return _call(x, plan, self.act)
 
     def forward_parts(self, x: torch.Tensor, sizes: tuple[int, ...]) -> list[torch.Tensor]:
         """The output cut into channel parts of `sizes`, each part computed by its own weight slice (no split copy)."""
-        if not (self.opts.split and self._fast(x)):
-            return list(self(x).split(sizes, dim=1))
-        parts, start = [], 0
-        for i, n in enumerate(sizes):
-            parts.append(self._onednn(x, f"part{i}", self.act, rows=slice(start, start + n)))
-            start += n
-        return parts
+        if self.opts.split and self._plan(x, "w", check_only=True):
+            parts, start = [], 0
+            for i, n in enumerate(sizes):
+                parts.append(_call(x, self._plan(x, i, slice(start, start + n)), self.act))
+                start += n
+            return parts
+        return list(self(x).split(sizes, dim=1))
 
     def forward_add(self, x: torch.Tensor, residual: torch.Tensor, act: nn.Module) -> torch.Tensor:
         """act(conv(x) + bias + residual) for a linear unit (own act Identity): the add inside the conv call."""
-        if self._fast(x):
-            return self._onednn(x, "w", act, residual=residual)
-        return act(self.conv(x) + residual)
+        plan = self._plan(x, "w")
+        if plan is None:
+            return act(self.conv(x) + residual)
+        return _call(x, plan, act, residual)
 
-    def _packed_weight(self, x: torch.Tensor, slot: str, rows: slice | None) -> torch.Tensor:
-        cache, w = self._packed, self.conv.weight
-        stamp = (_stamp(w), _stamp(self.conv.bias))
+    def _plan(self, x: torch.Tensor, slot: str | int, rows: slice | None = None, check_only: bool = False):
+        """The arguments of one oneDNN call on x (weight packed for x's shape, bias), or None: run plain torch ops.
+
+        Built once per weight version and input shape and kept, so the per-call work is a few lookups (at batch 1
+        the Python around ~60 convs is a visible share of a forward).
+        """
+        if not (self.opts.onednn and _eager_fast(x)):
+            return None
+        conv = self._modules["conv"]
+        w, b = conv._parameters["weight"], conv._parameters["bias"]
+        if w.requires_grad and torch.is_grad_enabled():
+            return None
+        cache = self._packed
+        stamp = (_stamp(w), _stamp(b))
         if cache.get("stamp") != stamp:  # load_state_dict, .to(), in-place edits: repack
             cache.clear()
             cache["stamp"] = stamp
-        key = (slot, tuple(x.shape)) if self.opts.pack else (slot,)
-        pw = cache.get(key)
-        if pw is None:  # once per weight (and input shape: oneDNN picks the blocked layout for it)
+            cache["ok"] = w.dtype == torch.float32 and conv.padding_mode == "zeros"
+        if check_only or not cache["ok"]:
+            return cache["ok"] or None
+        key = (slot, x.shape) if self.opts.pack else (slot,)
+        plan = cache.get(key)
+        if plan is None:  # once per weight (and input shape: oneDNN picks the blocked layout for it)
+            geom = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
             pw = (w if rows is None else w[rows]).contiguous()
             if self.opts.pack:
-                pw = torch.ops.mkldnn._reorder_convolution_weight(pw, *self._geom(), list(x.shape))
-                old = [k for k in cache if k != "stamp" and k[0] == slot]
+                pw = torch.ops.mkldnn._reorder_convolution_weight(pw, *geom, list(x.shape))
+                old = [k for k in cache if isinstance(k, tuple) and k[0] == slot]
                 for k in old[: max(0, len(old) - self.opts.max_shapes + 1)]:  # bounded: a few shapes per weight
                     del cache[k]
-            cache[key] = pw
-        return pw
+            pb = None if b is None else (b if rows is None else b[rows].contiguous())
+            plan = cache[key] = (pw, pb, *geom)
+        return plan
 
-    def _geom(self) -> tuple:
-        c = self.conv
-        return list(c.padding), list(c.stride), list(c.dilation), c.groups
 
-    def _onednn(self, x, slot: str, act: nn.Module, rows: slice | None = None, residual=None) -> torch.Tensor:
-        w = self._packed_weight(x, slot, rows)
-        b = self.conv.bias if rows is None else self.conv.bias[rows]
-        attr = onednn_attr(act)
-        if residual is None:
-            if attr is not None:
-                return torch.ops.mkldnn._convolution_pointwise(x, w, b, *self._geom(), attr[0], attr[1], "")
-            return act(torch.ops.mkldnn._convolution_pointwise(x, w, b, *self._geom(), "none", [], ""))
-        relu = attr is not None and attr[0] == "relu"  # oneDNN adds the residual inside; only relu may follow it
-        y = torch.ops.mkldnn._convolution_pointwise.binary(
-            x, residual, w, b, *self._geom(), "add", None, "relu" if relu else None, [], ""
-        )
-        return y if relu else act(y)
+def _call(x: torch.Tensor, plan: tuple, act: nn.Module, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """One oneDNN convolution: conv + bias + act, or with a residual, act(conv + bias + residual)."""
+    attr = onednn_attr(act)
+    if residual is None:
+        if attr is not None:
+            return torch.ops.mkldnn._convolution_pointwise(x, *plan, attr[0], attr[1], "")
+        return act(torch.ops.mkldnn._convolution_pointwise(x, *plan, "none", [], ""))
+    relu = attr is not None and attr[0] == "relu"  # oneDNN adds the residual inside; only relu may follow it
+    w, b, *geom = plan
+    y = torch.ops.mkldnn._convolution_pointwise.binary(
+        x, residual, w, b, *geom, "add", None, "relu" if relu else None, [], ""
+    )
+    return y if relu else act(y)
 
 
 class FusedResidual(nn.Module):
