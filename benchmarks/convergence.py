@@ -28,7 +28,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pair", nargs=2, default=["cspresnet10", "resnet10"], metavar=("CSP", "PLAIN"))
     p.add_argument("--data", default=None, help="CIFAR-10 folder or zip (needed to train)")
     p.add_argument("--seeds", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=None, help="default: the converge budget's (12)")
+    p.add_argument(
+        "--budget",
+        default="converge",
+        choices=("converge", "converge_cpu"),
+        help="converge: a GPU; converge_cpu: a 2-core CPU in about 2 hours (the usual stem, 1/16 of the MACs)",
+    )
+    p.add_argument("--epochs", type=int, default=None, help="default: the budget's")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--img", type=int, default=None, help="default 32 (tiny tests only)")
     p.add_argument("--lr", type=float, default=None)
@@ -47,7 +53,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def ablate_argv(a: argparse.Namespace) -> list[str]:
     csp, plain = a.pair
-    argv = ["ablate", "--base", plain, "--grid", f"model={csp}", "--budget", "converge", "--seeds", str(a.seeds)]
+    argv = ["ablate", "--base", plain, "--grid", f"model={csp}", "--budget", a.budget, "--seeds", str(a.seeds)]
     argv += ["--project", a.project, "--name", a.name, "--jobs", str(a.jobs)]
     for k in ("data", "epochs", "batch", "img", "lr", "subset", "val_subset", "workers", "device", "threads", "parts"):
         v = getattr(a, k)
@@ -112,7 +118,9 @@ def write(a: argparse.Namespace, s: dict, commands: list[str]) -> None:
         f"Recipe, the same for both: {rec['epochs']} epochs on {rec['subset'] or 'all 50,000'} training images, "
         f"test top-1 on {rec['val_subset'] or 'all 10,000'} test images after every epoch (EMA weights), "
         f"{rec['img']}x{rec['img']} input{' with the small-input stem (no early downsampling)' if rec['small_input'] else ''}, "
-        f"batch {rec['batch']}, SGD nesterov lr {rec['lr']} (warm-up {rec['warmup_epochs']} epoch, cosine to 1%), "
+        f"batch {rec['batch']}, SGD nesterov lr {rec['lr']} (warm-up {rec['warmup_epochs']} epoch, cosine to 1%"
+        + (f", then {rec['cooldown_epochs']} epochs held at 1%" if rec.get("cooldown_epochs") else "")
+        + "), "
         f"weight decay {rec['weight_decay']}, random resized crop (scale {rec['scale']}-1) + flip; "
         f"{a.seeds} seeds per model.",
         "",

@@ -105,6 +105,15 @@ def test_bad_settings_are_config_errors(data, tmp_path):
         trainer(data, tmp_path, amp="fp16", device="cpu").fit()
     with pytest.raises(ConfigError, match="larger than"):
         trainer(data, tmp_path, batch=64).fit()
+    with pytest.raises(ConfigError, match="cooldown_epochs 2 must be .* below epochs 2"):
+        trainer(data, tmp_path, cooldown_epochs=2).fit()
+
+
+def test_cooldown_epochs_hold_the_final_lr(data, tmp_path):
+    t = trainer(data, tmp_path / "run", epochs=3, cooldown_epochs=1, min_lr=0.1, warmup_epochs=0)
+    t.fit()
+    lrs = [float(r["lr"]) for r in rows(tmp_path / "run")]
+    assert lrs[0] > lrs[1] > lrs[2] == pytest.approx(0.05 * 0.1)  # the cosine ends after epoch 2, then holds
 
 
 class NanAfter(ClassifyTask):

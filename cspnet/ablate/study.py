@@ -109,7 +109,8 @@ class Study:
                         Variant(e["label"], e["model"], tuple(sorted(e["overrides"].items())))
                         for e in saved["variants"].values()
                     ]
-            diff = {k: (saved["recipe"].get(k), v) for k, v in recipe.items() if saved["recipe"].get(k) != _plain(v)}
+            old = {**Budget(c.budget.name).recipe(), **saved["recipe"]}  # fields added since: their defaults
+            diff = {k: (old.get(k), v) for k, v in recipe.items() if old.get(k) != _plain(v)}
             if diff:
                 what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items())
                 raise ConfigError(
@@ -216,6 +217,7 @@ class Study:
             lr=b.lr,
             weight_decay=b.weight_decay,
             warmup_epochs=b.warmup_epochs,
+            cooldown_epochs=b.cooldown_epochs,
             ema=b.ema,
             amp=b.amp,
             seed=seed,

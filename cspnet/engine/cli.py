@@ -43,6 +43,9 @@ def add_train_args(
     )
     p.add_argument("--warmup-epochs", type=nonneg_float, help=f"default {d['warmup_epochs']}")
     p.add_argument("--min-lr", type=fraction, help=f"final lr as a fraction of --lr, cosine (default {d['min_lr']})")
+    p.add_argument(
+        "--cooldown-epochs", type=nonneg_int, help=f"last epochs held at the final lr (default {d['cooldown_epochs']})"
+    )
     p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), help="auto (default): fp16 on CUDA, off on CPU")
     p.add_argument("--no-ema", dest="ema", action="store_const", const=False, help="no EMA of the weights")
     p.add_argument("--ema-decay", type=fraction, help=f"default {d['ema_decay']}")

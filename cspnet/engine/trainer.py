@@ -60,6 +60,7 @@ class TrainCfg:
     weight_decay: float = 5e-5
     warmup_epochs: float = 1.0
     min_lr: float = 0.01  # final lr as a fraction of lr
+    cooldown_epochs: int = 0  # last epochs held at min_lr after the cosine (timm's cooldown), so top-1 can settle
     amp: str = "auto"  # auto (fp16 on CUDA, off on CPU) | off | bf16 | fp16
     ema: bool = True
     ema_decay: float = 0.9998
@@ -309,7 +310,13 @@ class Trainer:
         opt_cls = torch.optim.SGD if c.optimizer == "sgd" else torch.optim.AdamW
         extra = dict(momentum=c.momentum, nesterov=True) if c.optimizer == "sgd" else {}
         self.optimizer = opt_cls(self.task.param_groups(self.model, c.weight_decay), lr=c.lr, **extra)
-        warmup, total = round(c.warmup_epochs * self.steps_per_epoch), c.epochs * self.steps_per_epoch
+        if not 0 <= c.cooldown_epochs < c.epochs:
+            raise ConfigError(
+                f"cooldown_epochs {c.cooldown_epochs} must be at least 0 and below epochs {c.epochs}; "
+                "lower --cooldown-epochs or raise --epochs"
+            )
+        warmup = round(c.warmup_epochs * self.steps_per_epoch)
+        total = (c.epochs - c.cooldown_epochs) * self.steps_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, warmup, total, c.min_lr)
         )
