@@ -47,6 +47,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--parts", default=None, help="train,measure,report (default: all; train,report on cuda)")
     p.add_argument("--project", default="runs/convergence")
     p.add_argument("--name", default=None, help="default CSP_vs_PLAIN")
+    p.add_argument("--note", default=None, help="a paragraph added to the write-up (e.g. a link to a related study)")
     p.add_argument("--out", default=str(REPO / "docs" / "results" / "convergence"), help="writes OUT.md/.json/.png")
     return p.parse_args(argv)
 
@@ -175,22 +176,40 @@ def write(a: argparse.Namespace, s: dict, commands: list[str]) -> None:
                 else f"(more than {PLATEAU_POINTS} points: still rising, NOT a plateau; a longer schedule is needed "
                 "before this can be called the converged answer). "
             )
-            + "A cosine schedule flattens any curve as the learning rate reaches its floor, so this measures the gap "
-            "at the end of one schedule on this data, not ImageNet.",
+            + (
+                f"The last {rec['cooldown_epochs']} epochs ran at the final learning rate (1% of the peak), so that "
+                "rise says whether top-1 had stopped moving at this budget; a longer schedule would lift both models, "
+                "and the gap measured here is the one where both have settled under the same recipe, on this data, "
+                "not ImageNet."
+                if rec.get("cooldown_epochs")
+                else "A cosine schedule flattens any curve as the learning rate reaches its floor, so this measures "
+                "the gap at the end of one schedule on this data, not ImageNet."
+            ),
             "",
         ]
     m = s.get("machine") or {}
     if m:
         lines += [
             f"CPU latency: {m.get('cpu')}, {m.get('threads')} torch threads, ISA {' '.join(m.get('isa', []))}, torch "
-            f"{m.get('torch')}, load average before/after {m.get('load_before')} / {m.get('load_after')} (the CPU is "
-            "shared with other developers' jobs); medians of interleaved runs, Δ against the plain twin in the same run.",
+            f"{m.get('torch')}, load average before/after {m.get('load_before')} / {m.get('load_after')}; medians of interleaved runs, Δ against the plain twin in the same run.",
             "",
         ]
+    if rec.get("small_input"):
+        how = (
+            "Reproduce: `bash benchmarks/run_studies.sh gpu` on a GPU box (the trainings: `python benchmarks/"
+            "convergence.py --data DATA --device cuda --jobs 4 --parts train,report`), then `bash benchmarks/"
+            "run_studies.sh finish DIR` on the CPU to report (`python benchmarks/convergence.py --parts measure,report`)."
+        )
+    else:
+        how = (
+            f"Reproduce on a CPU: `python benchmarks/convergence.py --budget {a.budget} --data DATA --seeds {a.seeds} "
+            "--jobs 2 --parts train` (resumable: run it again after an interruption), then `python benchmarks/"
+            f"convergence.py --budget {a.budget} --parts measure,report` on a quiet machine."
+        )
+    if a.note:
+        lines += [a.note, ""]
     lines += [
-        "Reproduce: `bash benchmarks/run_studies.sh gpu` on a GPU box (the trainings: `python benchmarks/convergence.py "
-        "--data DATA --device cuda --jobs 4 --parts train,report`), then `bash benchmarks/run_studies.sh finish DIR` "
-        "on the CPU to report (`python benchmarks/convergence.py --parts measure,report`). The study's own commands:",
+        how + " The study's own commands:",
         "",
         "```",
         *commands,

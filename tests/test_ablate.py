@@ -138,3 +138,23 @@ def test_a_users_registered_model_is_a_base():
         assert macs["fusion=last"] < macs["plain"] and macs["gamma=0.25"] < macs["gamma=0.75"], macs
     finally:
         _REGISTRY.pop("my_tiny_net", None)
+
+
+def test_convergence_study_writes_curves_and_a_plateau_verdict(data, tmp_path):
+    """benchmarks/convergence.py on the CPU budget: per-epoch curves of both models, the cooldown in the write-up."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("convergence", Path(__file__).parents[1] / "benchmarks/convergence.py")
+    conv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conv)
+    out = tmp_path / "doc" / "convergence"
+    argv = ["--budget", "converge_cpu", "--data", str(data), "--epochs", "4", "--seeds", "1", "--batch", "16"]
+    argv += ["--workers", "0", "--parts", "train,report", "--project", str(tmp_path / "runs"), "--out", str(out)]
+    assert conv.main([*argv, "--note", "See also the GPU run."]) == 0
+    s = json.loads(out.with_suffix(".json").read_text())
+    assert s["recipe"]["cooldown_epochs"] == 3 and s["recipe"]["small_input"] is False
+    for name in ("cspresnet10", "resnet10"):
+        assert [len(c) for c in s["models"][name]["curves"].values()] == [4], name
+    md = out.with_suffix(".md").read_text()
+    assert "then 3 epochs held at 1%" in md and "See also the GPU run." in md and "--budget converge_cpu" in md
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
