@@ -144,7 +144,9 @@ def test_convergence_study_writes_curves_and_a_plateau_verdict(data, tmp_path):
     """benchmarks/convergence.py on the CPU budget: per-epoch curves of both models, the cooldown in the write-up."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("convergence", Path(__file__).parents[1] / "benchmarks/convergence.py")
+    spec = importlib.util.spec_from_file_location(
+        "convergence", Path(__file__).parents[1] / "benchmarks/convergence.py"
+    )
     conv = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(conv)
     out = tmp_path / "doc" / "convergence"
