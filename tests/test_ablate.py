@@ -154,9 +154,9 @@ def test_convergence_study_writes_curves_and_a_plateau_verdict(data, tmp_path):
     argv += ["--workers", "0", "--parts", "train,report", "--project", str(tmp_path / "runs"), "--out", str(out)]
     assert conv.main([*argv, "--note", "See also the GPU run."]) == 0
     s = json.loads(out.with_suffix(".json").read_text())
-    assert s["recipe"]["cooldown_epochs"] == 3 and s["recipe"]["small_input"] is False
+    assert s["recipe"]["cooldown_epochs"] == 2 and s["recipe"]["small_input"] is False
     for name in ("cspresnet10", "resnet10"):
         assert [len(c) for c in s["models"][name]["curves"].values()] == [4], name
     md = out.with_suffix(".md").read_text()
-    assert "then 3 epochs held at 1%" in md and "See also the GPU run." in md and "--budget converge_cpu" in md
+    assert "then 2 epochs held at 1%" in md and "See also the GPU run." in md and "--budget converge_cpu" in md
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
