@@ -89,7 +89,7 @@ finish)
   fi
   if [ -d "$RUNS/convergence/$CONV_NAME" ]; then
     $PY benchmarks/convergence.py --parts measure,report --project "$RUNS/convergence" --name $CONV_NAME \
-      --out "$DOCS/convergence" ${THREADS:+--threads $THREADS}
+      --out "$DOCS/convergence_gpu" --note "The settled answer on a CPU budget: [convergence.md](convergence.md)." ${THREADS:+--threads $THREADS}
   fi
   uptime
   ;;
