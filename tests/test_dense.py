@@ -140,3 +140,12 @@ def test_dense_layer_errors_are_one_line():
         StageCfg(1, 8, transition="post")
     with pytest.raises(ConfigError, match="unknown stem kind"):
         cspnet.StemCfg(kind="pelee2")
+
+
+def test_two_way_dense_layer_with_a_tiny_growth_has_no_zero_width_conv():
+    from cspnet.nn.blocks import TwoWayDenseLayer
+
+    layer = TwoWayDenseLayer(16, 20)  # growth 4: half 2, Pelee's rounding would give a 0-channel bottleneck
+    assert layer.branch1a.conv.out_channels == layer.branch2a.conv.out_channels == 4
+    assert layer(torch.randn(1, 16, 8, 8)).shape == (1, 20, 8, 8)
+    assert TwoWayDenseLayer(64, 96, bottle_ratio=2.0).branch1a.conv.out_channels == 32  # Pelee's own sizes unchanged

@@ -185,7 +185,7 @@ class TwoWayDenseLayer(nn.Module):
             raise ConfigError(f"a two-way dense layer splits its growth in two; got an odd growth {growth}")
         half = growth // 2
         # Pelee: bottleneck = half-growth x width (a multiple of 4), capped so it never exceeds half the input
-        mid = int(half * bottle_ratio / 4) * 4
+        mid = max(int(half * bottle_ratio / 4) * 4, 4)  # the floor: a tiny growth would round to a zero-width conv
         if mid > in_chs / 2:
             mid = max(int(in_chs / 8) * 4, 4)
         kw = dict(act=act, leaky_slope=leaky_slope)
