@@ -30,35 +30,16 @@ import torch
 from cspnet import from_darknet
 from cspnet.bench.harness import machine_info
 from cspnet.bench.measure import load_average, summarize, time_interleaved
-from cspnet.interop.darknet.model import Conv, DarknetModel
-from cspnet.interop.darknet.weights import write_weights
+from cspnet.interop.darknet.weights import random_weights
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CSPNET_SHARED", REPO.parent / "shared"))
 
 
 def random_darknet(cfg: Path, img: int, path: Path) -> Path:
-    """`.weights` for `cfg`: random convs, BN statistics from one random batch (a trained net's activation scale,
-    no denormals), BN beta in [1, 2], variances far above BN's eps and prediction convs x0.3: the well-conditioned
-    regime of tests/test_yolo.py, where OpenCV's outputs and ours agree to 1e-5, so the check below means something.
-    """
-    g = torch.Generator().manual_seed(0)
-    dk = DarknetModel.from_cfg(cfg)
-    with torch.no_grad():
-        for m in dk.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.uniform_(1.0, 2.0, generator=g)
-                m.momentum = None
-        dk.train()(torch.randn(2, 3, img, img, generator=g))
-        for layer in dk.layers:
-            if isinstance(layer, Conv) and isinstance(layer.bn, torch.nn.BatchNorm2d):
-                layer.conv.weight.mul_(10)
-                layer.bn.running_var.mul_(100)
-                layer.bn.running_mean.mul_(10)
-            elif isinstance(layer, Conv):
-                layer.conv.weight.mul_(0.3)
-    return write_weights(dk.eval(), path)
+    """`.weights` for `cfg` in the well-conditioned random regime (cspnet.interop.darknet.random_weights), where
+    OpenCV's outputs and ours agree to 1e-5, so the check below means something."""
+    return random_weights(cfg, path, img)[1]
 
 
 def opencv_net(cfg: Path, weights: Path):

@@ -11,9 +11,9 @@ import torch
 from cspnet import create_model, from_darknet, list_models, model_info
 from cspnet.bench.measure import count_macs, count_params
 from cspnet.errors import ConfigError, InputError
-from cspnet.interop.darknet.model import Conv, DarknetModel
+from cspnet.interop.darknet.model import DarknetModel
 from cspnet.interop.darknet.native import darknet_boxes
-from cspnet.interop.darknet.weights import write_weights
+from cspnet.interop.darknet.weights import random_weights
 from cspnet.models.yolo import YoloDetector, kmeans_anchors
 from cspnet.nn.bn import calibrate_bn
 from cspnet.nn.layers import ConvBNAct
@@ -34,35 +34,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def random_weights(cfg, path, img: int = 64):
-    """A cfg model with random weights in a well-conditioned regime, written as `.weights`.
-
-    BN: random affine (beta in [1, 2], so most units sit in the activations' near-linear part), statistics from
-    one random batch, then conv weights x10 and variances x100 (the same function; variances far above BN's eps,
-    as in trained weights: OpenCV folds BN with another eps than darknet). Prediction convs x0.3 keep the box
-    logits moderate. Deep random nets in a chaotic regime amplify fp32 rounding to 1e-3 in any two
-    implementations (the cfg model against itself reordered included); this regime keeps them comparable at 1e-5.
-    """
-    g = torch.Generator().manual_seed(0)
-    dk = DarknetModel.from_cfg(cfg)
-    with torch.no_grad():
-        for m in dk.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.uniform_(1.0, 2.0, generator=g)
-                m.momentum = 1.0
-        dk.train()(torch.randn(4, 3, img, img, generator=g))
-        for layer in dk.layers:
-            if isinstance(layer, Conv) and isinstance(layer.bn, torch.nn.BatchNorm2d):
-                layer.conv.weight.mul_(10)
-                layer.bn.running_var.mul_(100)
-                layer.bn.running_mean.mul_(10)
-            elif isinstance(layer, Conv):
-                layer.conv.weight.mul_(0.3)
-    dk.eval()
-    return dk, write_weights(dk, path)
 
 
 def opencv_rows(cfg, weights, x: torch.Tensor) -> torch.Tensor:

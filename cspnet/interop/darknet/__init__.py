@@ -3,7 +3,7 @@
 from cspnet.interop.darknet.cfg import Section, parse_cfg, parse_cfg_text
 from cspnet.interop.darknet.model import DarknetModel
 from cspnet.interop.darknet.native import from_darknet
-from cspnet.interop.darknet.weights import DarknetHeader, read_weights, write_weights
+from cspnet.interop.darknet.weights import DarknetHeader, random_weights, read_weights, write_weights
 
 __all__ = [
     "DarknetHeader",
@@ -12,6 +12,7 @@ __all__ = [
     "from_darknet",
     "parse_cfg",
     "parse_cfg_text",
+    "random_weights",
     "read_weights",
     "write_weights",
 ]

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from cspnet.errors import InputError
-from cspnet.interop.darknet.model import Connected, DarknetModel
+from cspnet.interop.darknet.model import Connected, Conv, DarknetModel
 from cspnet.io import atomic_write
 
 
@@ -114,3 +114,33 @@ def write_weights(model: DarknetModel, path: str | Path, header: DarknetHeader |
             f.write(t.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4").tobytes())
 
     return atomic_write(path, write)
+
+
+def random_weights(cfg: str | Path, path: str | Path, img: int = 64, seed: int = 0) -> tuple[DarknetModel, Path]:
+    """A `.cfg` model with random weights in a well-conditioned regime, written as `.weights`: interop checks without
+    a download.
+
+    BN: random affine (beta in [1, 2], so most units sit in the activations' near-linear part), statistics from one
+    random batch, then conv weights x10 and variances x100 (the same function; variances far above BN's eps, as in
+    trained weights: OpenCV folds BN with another eps than darknet). Prediction convs x0.3 keep the box logits
+    moderate. Deep random nets in a chaotic regime amplify fp32 rounding to 1e-3 in any two implementations; this
+    regime keeps them comparable at 1e-5.
+    """
+    g = torch.Generator().manual_seed(seed)
+    dk = DarknetModel.from_cfg(cfg)
+    with torch.no_grad():
+        for m in dk.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5, generator=g)
+                m.bias.uniform_(1.0, 2.0, generator=g)
+                m.momentum = 1.0
+        dk.train()(torch.randn(4, 3, img, img, generator=g))
+        for layer in dk.layers:
+            if isinstance(layer, Conv) and isinstance(layer.bn, torch.nn.BatchNorm2d):
+                layer.conv.weight.mul_(10)
+                layer.bn.running_var.mul_(100)
+                layer.bn.running_mean.mul_(10)
+            elif isinstance(layer, Conv):
+                layer.conv.weight.mul_(0.3)
+    dk.eval()
+    return dk, write_weights(dk, path)
