@@ -144,7 +144,9 @@ class FusedConvAct(nn.Module):
             return act(self.conv(x) + residual)
         return _call(x, plan, act, residual)
 
-    def _plan(self, x: torch.Tensor, slot: str | int, rows: slice | None = None, check_only: bool = False):
+    def _plan(
+        self, x: torch.Tensor, slot: str | int, rows: slice | None = None, check_only: bool = False
+    ) -> tuple | bool | None:
         """The arguments of one oneDNN call on x (weight packed for x's shape, bias), or None: run plain torch ops.
 
         Built once per weight version and input shape and kept, so the per-call work is a few lookups (at batch 1
