@@ -44,6 +44,23 @@ def test_grid_entries():
 
 
 @pytest.mark.slow
+def test_jobs_train_in_child_processes_and_record_the_command(data, tmp_path):
+    """--jobs 2: two processes share the (variant, seed) units; study.json keeps the command that trained them and a
+    changed recipe is refused before any process starts."""
+    argv = ["ablate", "--base", "resnet10", "--data", str(data), "--budget", "smoke", "--grid", "fusion=last"]
+    argv += ["--project", str(tmp_path), "--name", "par", "--jobs", "2", "--parts", "train,report"]
+    assert main(argv) == 0
+    study = tmp_path / "par"
+    assert {r["variant"] for r in rows(study).values() if r["top1_mean"]} == {"plain", "fusion=last"}
+    assert sorted(p.name for p in (study / "logs").iterdir()) == ["train_shard0.log", "train_shard1.log"]
+    (command,) = json.loads((study / "study.json").read_text())["commands"]
+    assert "--jobs 2" in command and "--parts train,report" in command
+    sizes = [p.stat().st_size for p in sorted((study / "logs").iterdir())]
+    assert main([*argv, "--epochs", "3"]) == 2  # another recipe: one error line, no process started
+    assert [p.stat().st_size for p in sorted((study / "logs").iterdir())] == sizes
+
+
+@pytest.mark.slow
 def test_smoke_study_interrupted_then_finished_without_retraining(data, tmp_path, monkeypatch):
     """Ctrl-C in the second variant's second epoch; the re-run skips the first variant, resumes the second from its
     last.pt (one epoch left), trains the third (epochs counted per run folder), measures all and writes table + plots."""
@@ -158,5 +175,5 @@ def test_convergence_study_writes_curves_and_a_plateau_verdict(data, tmp_path):
     for name in ("cspresnet10", "resnet10"):
         assert [len(c) for c in s["models"][name]["curves"].values()] == [4], name
     md = out.with_suffix(".md").read_text()
-    assert "then 2 epochs held at 1%" in md and "See also the GPU run." in md and "--budget converge_cpu" in md
+    assert "the last 2 epochs held at 1%" in md and "See also the GPU run." in md and "--budget converge_cpu --epochs 4" in md
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"

@@ -144,10 +144,10 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
             raise ConfigError("--jobs runs its own processes; drop --shard and do not start it under torchrun")
         from cspnet.ablate.study import Study
 
-        study = Study(StudyCfg(**{**cfg.__dict__, "parts": ()}))
         if not args.data:
             raise ConfigError("training needs --data PATH")
-        study.open()
+        study = Study(StudyCfg(**{**cfg.__dict__, "parts": ("train",)}))
+        study.open()  # checks the recipe and records the command before any process starts
         run_jobs(args, study.dir)
         cfg.parts = tuple(p for p in parts if p != "train")
         cfg.command = ""
