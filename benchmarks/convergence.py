@@ -32,7 +32,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--budget",
         default="converge",
         choices=("converge", "converge_cpu"),
-        help="converge: a GPU; converge_cpu: a 2-core CPU in about 2 hours (the usual stem, 1/16 of the MACs)",
+        help="converge: a GPU; converge_cpu: a 2-core CPU in 1.2-2.5 hours (the usual stem, 1/16 of the MACs)",
     )
     p.add_argument("--epochs", type=int, default=None, help="default: the budget's")
     p.add_argument("--batch", type=int, default=None)
@@ -120,7 +120,7 @@ def write(a: argparse.Namespace, s: dict, commands: list[str]) -> None:
         f"test top-1 on {rec['val_subset'] or 'all 10,000'} test images after every epoch (EMA weights), "
         f"{rec['img']}x{rec['img']} input{' with the small-input stem (no early downsampling)' if rec['small_input'] else ''}, "
         f"batch {rec['batch']}, SGD nesterov lr {rec['lr']} (warm-up {rec['warmup_epochs']} epoch, cosine to 1%"
-        + (f", then {rec['cooldown_epochs']} epochs held at 1%" if rec.get("cooldown_epochs") else "")
+        + (f", the last {rec['cooldown_epochs']} epochs held at 1%" if rec.get("cooldown_epochs") else "")
         + "), "
         f"weight decay {rec['weight_decay']}, random resized crop (scale {rec['scale']}-1) + flip; "
         f"{a.seeds} seeds per model.",
@@ -194,6 +194,7 @@ def write(a: argparse.Namespace, s: dict, commands: list[str]) -> None:
             f"{m.get('torch')}, load average before/after {m.get('load_before')} / {m.get('load_after')}; medians of interleaved runs, Δ against the plain twin in the same run.",
             "",
         ]
+    epochs = f" --epochs {a.epochs}" if a.epochs else ""
     if rec.get("small_input"):
         how = (
             "Reproduce: `bash benchmarks/run_studies.sh gpu` on a GPU box (the trainings: `python benchmarks/"
@@ -202,9 +203,9 @@ def write(a: argparse.Namespace, s: dict, commands: list[str]) -> None:
         )
     else:
         how = (
-            f"Reproduce on a CPU: `python benchmarks/convergence.py --budget {a.budget} --data DATA --seeds {a.seeds} "
+            f"Reproduce on a CPU: `python benchmarks/convergence.py --budget {a.budget}{epochs} --data DATA --seeds {a.seeds} "
             "--jobs 2 --parts train` (resumable: run it again after an interruption), then `python benchmarks/"
-            f"convergence.py --budget {a.budget} --parts measure,report` on a quiet machine."
+            f"convergence.py --budget {a.budget}{epochs} --parts measure,report` on a quiet machine."
         )
     if a.note:
         lines += [a.note, ""]

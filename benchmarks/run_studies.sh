@@ -4,6 +4,7 @@
 #   GPU box:  bash benchmarks/run_studies.sh gpu            # ~6 min; carry .gpu (the CIFAR-10 pack); results -> $OUT
 #   here:     bash benchmarks/run_studies.sh finish DIR     # DIR holds studies.tar.gz: CPU latency + the docs
 #   here:     bash benchmarks/run_studies.sh tiny           # the whole pipeline on this CPU with tiny settings
+#   here:     bash benchmarks/run_studies.sh cpu [DATA]     # the convergence pair on a 2-core CPU (1.2-2.5 h), resumable
 #
 # gpu: the ablation (cspnet ablate --base peleenet --budget cpu: 6 variants x 1 seed, 4 epochs x 20,000 images) and
 # the convergence pair (cspresnet10/resnet10, 2 seeds each, 12 epochs on all 50,000 images, small-input stem) train
@@ -93,6 +94,21 @@ finish)
   fi
   uptime
   ;;
+cpu)  # docs/results/convergence.md: budget converge_cpu (16 epochs, usual stem) on all of CIFAR-10, then latency
+  DATA=${2:-/tmp/cifar10}
+  if [ ! -d "$DATA" ] && [ ! -f "$DATA" ]; then
+    $PY -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" \
+      "${CSPNET_SHARED:-../shared}/data/cifar10.zip" "$DATA"
+  fi
+  export OMP_WAIT_POLICY=PASSIVE
+  lscpu | grep -E "Model name|^CPU\(s\)" || true
+  $PY benchmarks/convergence.py --budget converge_cpu --data "$DATA" --seeds 2 --jobs 2 --parts train \
+    --project runs/studies/convergence_cpu --name $CONV_NAME
+  uptime
+  $PY benchmarks/convergence.py --budget converge_cpu --parts measure,report --project runs/studies/convergence_cpu \
+    --name $CONV_NAME --threads 2 --note "${CONV_NOTE:-}" --out "${DOCS:-docs/results}/convergence"
+  uptime
+  ;;
 tiny)  # the same pipeline, end to end on this CPU: 500 training images, 1-2 epochs, into a scratch folder
   TMP=${TMP_DIR:-$(mktemp -d)}
   SHARED=${CSPNET_SHARED:-../shared}
@@ -118,7 +134,7 @@ EOF
   echo "tiny pipeline OK in $TMP"
   ;;
 *)
-  sed -n 2,12p "$0"
+  sed -n 2,13p "$0"
   exit 2
   ;;
 esac
