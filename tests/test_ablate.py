@@ -175,5 +175,9 @@ def test_convergence_study_writes_curves_and_a_plateau_verdict(data, tmp_path):
     for name in ("cspresnet10", "resnet10"):
         assert [len(c) for c in s["models"][name]["curves"].values()] == [4], name
     md = out.with_suffix(".md").read_text()
-    assert "the last 2 epochs held at 1%" in md and "See also the GPU run." in md and "--budget converge_cpu --epochs 4" in md
+    assert (
+        "the last 2 epochs held at 1%" in md
+        and "See also the GPU run." in md
+        and "--budget converge_cpu --epochs 4" in md
+    )
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
