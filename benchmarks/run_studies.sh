@@ -4,7 +4,7 @@
 #   GPU box:  bash benchmarks/run_studies.sh gpu            # ~6 min; carry .gpu (the CIFAR-10 pack); results -> $OUT
 #   here:     bash benchmarks/run_studies.sh finish DIR     # DIR holds studies.tar.gz: CPU latency + the docs
 #   here:     bash benchmarks/run_studies.sh tiny           # the whole pipeline on this CPU with tiny settings
-#   here:     bash benchmarks/run_studies.sh cpu [DATA]     # the convergence pair on a 2-core CPU (1.2-2.5 h), resumable
+#   here:     bash benchmarks/run_studies.sh cpu [DATA]     # the convergence pair on a 2-core CPU (~1 h with AMX), resumable
 #
 # gpu: the ablation (cspnet ablate --base peleenet --budget cpu: 6 variants x 1 seed, 4 epochs x 20,000 images) and
 # the convergence pair (cspresnet10/resnet10, 2 seeds each, 12 epochs on all 50,000 images, small-input stem) train

@@ -61,9 +61,9 @@ BUDGETS = {
     "converge": Budget(
         "converge", img=32, epochs=12, batch=256, lr=0.2, warmup_epochs=1.0, small_input=True, workers=4
     ),
-    # the same question on a 2-core CPU (the pair x 2 seeds: about 1.2 hours with AMX, 2.5 without): the usual stem
-    # (8x8 after it, 1/16 of the MACs), a cosine then 2 epochs held at the final lr; 8 epochs still rose at the end,
-    # 16 flatten (docs/results/convergence.md)
+    # the same question on a 2-core CPU (the pair x 2 seeds: about 1 hour on a 2-core AMX Xeon): the usual stem
+    # (8x8 after it, 1/16 of the MACs), a cosine then 2 epochs held at the final lr; top-1 still rose 0.4-0.6 points
+    # at the end of both 8 and 16 epochs (docs/results/convergence.md)
     "converge_cpu": Budget(
         "converge_cpu", img=32, epochs=16, cooldown_epochs=2, batch=256, lr=0.2, warmup_epochs=1.0, workers=1
     ),
