@@ -219,6 +219,7 @@ class Study:
             warmup_epochs=b.warmup_epochs,
             cooldown_epochs=b.cooldown_epochs,
             ema=b.ema,
+            ema_decay=b.ema_decay,
             amp=b.amp,
             seed=seed,
             workers=b.workers,

@@ -1,0 +1,146 @@
+"""The classification pair of docs/results/evidence.md, trained to the plateau of docs/results/protocol.md.
+
+Each (model, seed) run is an `ablate` study unit (budget `plateau_cpu`); when one finishes, its curve is written to
+docs/results/evidence/classify/<model>_seed<k>.json (committed with --commit). A run whose JSON exists is skipped, so
+the study resumes run by run on a fresh clone; a killed run resumes from its last.pt while runs/ is there.
+
+    nohup nice python benchmarks/evidence_classify.py train --data /tmp/cifar10 --jobs 2 --commit &
+    python benchmarks/evidence_classify.py measure     # params, MACs, latency, train img/s (pause the training)
+    python benchmarks/evidence_classify.py report      # docs/results/evidence/classify.json from the run JSONs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+RESULTS = REPO / "docs" / "results" / "evidence" / "classify"
+PAIR = ("cspresnet10", "resnet10")  # CSP, plain
+BUDGET = "plateau_cpu"
+SEEDS = 3
+WINDOW = 5  # plateau: |mean of the last WINDOW epochs - mean of the WINDOW before| < PLATEAU_POINTS
+PLATEAU_POINTS = 0.2
+
+
+def units(seeds: int) -> list[tuple[str, int]]:
+    """Seed-major, so both twins of a seed finish together."""
+    return [(m, s) for s in range(seeds) for m in (PAIR[1], PAIR[0])]
+
+
+def result_path(model: str, seed: int) -> Path:
+    return RESULTS / f"{model}_seed{seed}.json"
+
+
+def study(args, data: str | None = None):
+    from cspnet.ablate.budgets import get_budget
+    from cspnet.ablate.study import Study, StudyCfg
+
+    budget = get_budget(BUDGET, PAIR[1], workers=args.workers, threads=getattr(args, "threads", None))
+    cfg = StudyCfg(
+        base=PAIR[1],
+        budget=budget,
+        data=data,
+        grid=[f"model={PAIR[0]}"],
+        seeds=SEEDS,
+        name=f"{PAIR[0]}_vs_{PAIR[1]}",
+        project=args.project,
+        parts=("train",) if data else ("measure",),
+        command=" ".join(sys.argv),
+    )
+    return Study(cfg)
+
+
+def plateau(curve: list[float]) -> dict:
+    if len(curve) < 2 * WINDOW:
+        return {"holds": False, "move": None}
+    last = statistics.fmean(curve[-WINDOW:])
+    before = statistics.fmean(curve[-2 * WINDOW : -WINDOW])
+    return {"holds": abs(last - before) < PLATEAU_POINTS, "move": last - before}
+
+
+def lane(args) -> None:
+    """Train the given units one after another in this process (one lane of --jobs)."""
+    import torch
+
+    from cspnet.bench.harness import machine_info
+
+    torch.set_num_threads(args.threads)
+    s = study(args, args.data)
+    variants = {v.model: v for v in s.variants}
+    for item in args.units.split(","):
+        model, seed = item.split(":")
+        seed = int(seed)
+        if result_path(model, seed).is_file():
+            continue
+        t0 = time.time()
+        r = s.train_one(variants[model], seed)
+        out = {
+            "model": model,
+            "seed": seed,
+            "budget": BUDGET,
+            "recipe": s.cfg.budget.recipe(),
+            "curve_top1": r["curve"],
+            "final_top1": r["top1"],
+            "plateau": plateau(r["curve"]),
+            "train_img_s_loaded": r["img_s"],
+            "wall_s_last_sitting": round(time.time() - t0),
+            "machine": machine_info(args.threads),
+            "load_note": f"{args.jobs} runs in parallel, {args.threads} torch thread(s) each, nice'd, beside development work",
+        }
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path = result_path(model, seed)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(out, indent=1) + "\n")
+        os.replace(tmp, path)
+        print(f"evidence: {model} seed {seed}: top-1 {r['top1']:.2f}, plateau {out['plateau']}", flush=True)
+        if args.commit:
+            rel = path.relative_to(REPO)
+            subprocess.run(["git", "-C", str(REPO), "add", str(rel)], check=False)
+            msg = f"evidence: {model} seed {seed} on CIFAR-10 ({BUDGET}): top-1 {r['top1']:.2f}"
+            subprocess.run(["git", "-C", str(REPO), "commit", "-q", "-m", msg, "--only", "--", str(rel)], check=False)
+
+
+def train(args) -> None:
+    pending = [u for u in units(SEEDS) if not result_path(*u).is_file()]
+    print(f"evidence: {len(pending)} of {2 * SEEDS} runs to train: {pending}", flush=True)
+    if not pending:
+        return
+    study(args, args.data).open()  # pins the recipe once, before the lanes start
+    procs = []
+    for i in range(args.jobs):
+        mine = pending[i :: args.jobs]
+        if not mine:
+            continue
+        argv = [sys.executable, __file__, "lane", "--data", args.data, "--project", args.project]
+        argv += ["--threads", str(args.threads), "--workers", str(args.workers), "--jobs", str(args.jobs)]
+        argv += ["--units", ",".join(f"{m}:{s}" for m, s in mine)] + (["--commit"] if args.commit else [])
+        procs.append(subprocess.Popen(argv))
+    sys.exit(max(p.wait() for p in procs))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("part", choices=("train", "lane", "measure", "report"))
+    p.add_argument("--data", default=None)
+    p.add_argument("--project", default="runs/evidence")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per training lane")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--units", default="")
+    p.add_argument("--commit", action="store_true", help="git commit each run's JSON when it finishes")
+    args = p.parse_args(argv)
+    if args.part in ("train", "lane") and not args.data:
+        p.error("train needs --data (CIFAR-10 folder or zip)")
+    {"train": train, "lane": lane}.get(args.part, lambda a: p.error("measure/report: not written yet"))(args)
+
+
+if __name__ == "__main__":
+    main()
