@@ -76,7 +76,26 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cspnet.data.sample import make_sample
+    from cspnet.errors import InputError
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise InputError(f"{out} already holds files; pass a new folder (nothing is overwritten)")
+    make_sample(out, seed=args.seed)
+    print(f"sample: classify {out}/classify, detect {out}/detect/data.yaml (also detect_coco/, detect_voc/)")
+    return 0
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="write a tiny shapes dataset (classify and detect) to try every command offline")
+    p.add_argument("out", help="a new folder")
+    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.set_defaults(func=_cmd_sample)
+
     p = sub.add_parser("models", help="list the model zoo (name, params, GMACs, twin)")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'csp*'")
     p.add_argument("--task", default=None, choices=["classify", "detect"], help="only models of this task")
