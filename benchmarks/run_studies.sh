@@ -7,7 +7,8 @@
 #   here:     bash benchmarks/run_studies.sh cpu [DATA]     # the convergence pair on a 2-core CPU (~1 h with AMX), resumable
 #
 # gpu: the ablation (cspnet ablate --base peleenet --budget cpu: 6 variants x 1 seed, 4 epochs x 20,000 images) and
-# the convergence pair (cspresnet10/resnet10, 2 seeds each, 12 epochs on all 50,000 images, small-input stem) train
+# the convergence pair (cspresnet10/resnet10, 2 seeds each, on all 50,000 images, small-input stem; budget `converge`: 12 epochs, the committed run used
+# CONV_EPOCHS=10) train
 # at once as 6 + 4 processes sharing the GPU (fp16 autocast), 1 + 3 data-loader workers each. Nothing is timed there:
 # latency is measured on the CPU that `finish` runs on. Settings: env ABL_SEEDS, CONV_EPOCHS, CONV_SEEDS, LIMIT_S,
 # EXTRACT (0: read the zip directly), STUDIES (ablate,convergence: which to train).
