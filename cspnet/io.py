@@ -37,8 +37,9 @@ def torch_load(path: str | Path, what: str = "torch file") -> Any:
     if not path.is_file():
         raise InputError(f"{what} {str(path)!r} not found; pass an existing file")
     check_zip_crc(path, what)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+    try:  # a file object: torch.load would read any path named .safetensors as safetensors, whatever it holds
+        with open(path, "rb") as f:
+            return torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors differ by torch version; one line for the user
         raise InputError(f"cannot read {str(path)!r} as a {what} ({type(e).__name__}: {e})") from None
 
