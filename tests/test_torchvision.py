@@ -87,7 +87,8 @@ def test_fcn_head_and_output_stride_32():
 
 def test_dilation_matches_torchvision_resnet50():
     """Our stride->dilation surgery equals torchvision's replace_stride_with_dilation on the same weights."""
-    from cspnet.models.weights import convert_timm_state_dict, load_into
+    from cspnet.interop.timm import convert_timm_state_dict
+    from cspnet.models.weights import load_into
 
     tv = torchvision.models.resnet50(replace_stride_with_dilation=[False, True, True]).eval()
     ours = cspnet.create_model("resnet50")

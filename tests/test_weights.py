@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
 import cspnet
-from cspnet.models.weights import read_state_dict, save_state_dict
+from cspnet.models.weights import load_into, read_state_dict, save_state_dict, sniff_format
 
 
 @pytest.fixture
@@ -34,7 +37,7 @@ def test_checkpoint_dict_with_model_key(tmp_path, trained):
 
 def test_other_class_count_keeps_backbone_and_warns(tmp_path, trained):
     path = save_state_dict(trained.state_dict(), tmp_path / "w.safetensors")
-    with pytest.warns(UserWarning, match="5-class classifier, the model 10"):
+    with pytest.warns(UserWarning, match=r"another class count \(head.fc has 5 outputs there, 10 here\)"):
         model = cspnet.create_model("cspresnet10", num_classes=10, pretrained=str(path))
     assert torch.equal(model.stem.conv1.conv.weight, trained.stem.conv1.conv.weight)
 
@@ -61,16 +64,24 @@ def test_missing_and_unsafe_files(tmp_path):
 # ---------------------------------------------------------------- issue #9: bad and damaged weight files
 
 
-def test_pickle_named_safetensors_is_one_line(tmp_path, trained, capsys):
-    path = tmp_path / "w.safetensors"
-    torch.save(trained.state_dict(), path)  # a torch zip under the wrong name
-    with pytest.raises(cspnet.InputError, match=r"cannot read .* as \.safetensors \(it is a zip: a torch file"):
-        cspnet.create_model("cspresnet10", num_classes=5, pretrained=str(path))
+def test_format_comes_from_the_content_not_the_name(tmp_path, trained, capsys):
+    """A torch file named .safetensors and a safetensors file named .pt both load; a file of neither is one line."""
+    torch.save(trained.state_dict(), tmp_path / "t.safetensors")
+    save_state_dict(trained.state_dict(), tmp_path / "s.safetensors").rename(tmp_path / "s.pt")
+    x = torch.randn(1, 3, 32, 32)
+    for name, fmt in (("t.safetensors", "torch"), ("s.pt", "safetensors")):
+        assert sniff_format(tmp_path / name) == fmt
+        loaded = cspnet.create_model("cspresnet10", num_classes=5, pretrained=str(tmp_path / name)).eval()
+        assert torch.equal(loaded(x), trained(x))
+    (tmp_path / "junk.safetensors").write_text("not weights at all")
+    with pytest.raises(cspnet.InputError, match="cannot read .*: not a weights file"):
+        cspnet.create_model("cspresnet10", num_classes=5, pretrained=str(tmp_path / "junk.safetensors"))
     from cspnet.cli import main
 
-    assert main(["export", "--model", "cspresnet10", "--weights", str(path), "--out", str(tmp_path / "m.onnx")]) == 2
+    argv = ["export", "--model", "cspresnet10", "--weights", str(tmp_path / "junk.safetensors")]
+    assert main([*argv, "--out", str(tmp_path / "m.onnx")]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith("cspnet: error: cannot read") and not (tmp_path / "m.onnx").exists()
+    assert line.startswith("cspnet: error: ") and "not a weights file" in line and not (tmp_path / "m.onnx").exists()
 
 
 def test_pretrained_true_means_timm_weights(monkeypatch):
@@ -82,11 +93,11 @@ def test_pretrained_true_means_timm_weights(monkeypatch):
         raise OSError("Network is unreachable")
 
     monkeypatch.setattr(timm, "create_model", offline)
-    monkeypatch.setattr("cspnet.models.weights.hub_reachable", lambda: True)  # no network use in tests
+    monkeypatch.setattr("cspnet.interop.timm.hub_reachable", lambda: True)  # no network use in tests
     with pytest.raises(cspnet.InputError, match=r"could not fetch timm weights for cspresnet50 \(OSError\); offline\?"):
         cspnet.create_model("cspresnet50", pretrained=True)
     assert calls == [("cspresnet50", True)]
-    with pytest.raises(cspnet.ConfigError, match="pretrained=True: there are no published weights for cspresnet10"):
+    with pytest.raises(cspnet.ConfigError, match="pretrained=True: no pretrained weights registered for cspresnet10"):
         cspnet.create_model("cspresnet10", pretrained=True)
     assert isinstance(cspnet.create_model("cspresnet10", pretrained=False), torch.nn.Module)
 
@@ -104,7 +115,6 @@ def test_damaged_weight_files_are_refused_and_load_nothing(tmp_path, trained, fm
     """Every damaged copy is refused in one line and leaves the model as it was, or (a flip in a byte the format
     does not use) loads bit-identical tensors. Never different weights."""
     from cspnet.engine.checkpoint import load_checkpoint, save_checkpoint
-    from cspnet.models.weights import load_into
 
     src = tmp_path / ("w.safetensors" if fmt == "safetensors" else "w.pt")
     if fmt == "checkpoint":
@@ -158,7 +168,7 @@ def test_offline_machine_uses_the_hub_cache_only(monkeypatch):
     """Without a network, timm's download would retry for a minute: the hub is switched to its cache for the call."""
     timm = pytest.importorskip("timm")
     constants = pytest.importorskip("huggingface_hub.constants")
-    from cspnet.models import weights
+    from cspnet.interop import timm as timm_interop
 
     seen = []
 
@@ -168,7 +178,132 @@ def test_offline_machine_uses_the_hub_cache_only(monkeypatch):
 
     monkeypatch.setattr(timm, "create_model", create)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(weights, "hub_reachable", lambda: False)
+    monkeypatch.setattr(timm_interop, "hub_reachable", lambda: False)
     with pytest.raises(cspnet.InputError, match="could not fetch timm weights"):
         cspnet.create_model("cspresnet50", pretrained=True)
     assert seen == [True] and constants.HF_HUB_OFFLINE is False  # restored
+
+
+# ---------------------------------------------------------------- issue #18: one loader for every model and head
+
+
+class Tiny(torch.nn.Module):
+    """A classifier whose output layer is called `head` ("fc", or "classifier" inside a Sequential)."""
+
+    def __init__(self, num_classes: int, head: str):
+        super().__init__()
+        self.num_classes = num_classes
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(1))
+        out = torch.nn.Linear(4, num_classes)
+        setattr(self, head, torch.nn.Sequential(torch.nn.Dropout(), out) if head == "classifier" else out)
+
+
+HEADS = {
+    "cspnet": (lambda n: cspnet.create_model("cspresnet10", num_classes=n), ["head.fc"]),
+    "detector": (lambda n: cspnet.create_model("yolov4-tiny-s", num_classes=n), ["head.preds.0", "head.preds.1"]),
+    "fc": (lambda n: Tiny(n, "fc"), ["fc"]),
+    "classifier": (lambda n: Tiny(n, "classifier"), ["classifier.1"]),
+}
+
+
+@pytest.mark.parametrize("kind", HEADS)
+def test_one_loader_for_any_head(tmp_path, kind):
+    """The same function loads a classifier and a detector, whatever their output layers are called; another
+    class count keeps exactly the output layers fresh and says so in one warning."""
+    make, heads = HEADS[kind]
+    src = make(3)
+    path = save_state_dict(src.state_dict(), tmp_path / "w.pt")
+    same = make(3)
+    load_into(same, path)
+    assert all(torch.equal(v, src.state_dict()[k]) for k, v in same.state_dict().items())
+
+    other = make(7)
+    fresh = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.warns(UserWarning) as record:
+        load_into(other, path)
+    (warning,) = record
+    assert str(warning.message).endswith(f"keeping a fresh {', '.join(heads)} (reset_classifier)")
+    assert "\n" not in str(warning.message)
+    for k, v in other.state_dict().items():
+        want = fresh[k] if k.rpartition(".")[0] in heads else src.state_dict()[k]
+        assert torch.equal(v, want), k
+    assert not torch.equal(fresh[f"{heads[0]}.weight"][:3], src.state_dict()[f"{heads[0]}.weight"][:3])
+
+
+def test_weights_of_another_model_are_one_line(tmp_path):
+    det = save_state_dict(cspnet.create_model("yolov4-tiny-s", num_classes=3).state_dict(), tmp_path / "d.pt")
+    cls = save_state_dict(cspnet.create_model("cspresnet10", num_classes=3).state_dict(), tmp_path / "c.pt")
+    cases = [
+        ("cspresnet10", det, "holds none of the model's tensors"),
+        ("yolov4-tiny-s", cls, "holds none of the model's tensors"),
+        ("yolov4-tiny", det, r"is for another architecture \(\d+ mismatched"),  # width 1 vs 0.5
+    ]
+    for name, path, match in cases:
+        with pytest.raises(cspnet.InputError, match=match) as e:
+            cspnet.create_model(name, num_classes=3, pretrained=path)
+        assert "\n" not in str(e.value)
+
+
+def test_pretrained_path_for_a_detector(tmp_path):
+    """A training checkpoint (EMA weights when saved) under any name loads into a detector."""
+    src = cspnet.create_model("yolov4-tiny-s", num_classes=3).eval()
+    torch.save({"model": {}, "model_ema": src.state_dict(), "meta": {"model": "yolov4-tiny-s"}}, tmp_path / "last.ckpt")
+    det = cspnet.create_model("yolov4-tiny-s", num_classes=3, pretrained=tmp_path / "last.ckpt").eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(det(x), src(x))
+
+
+def test_pretrained_true_on_a_detector_is_one_config_error():
+    with pytest.raises(
+        cspnet.ConfigError, match="^pretrained=True: no pretrained weights registered for yolov4-tiny yet"
+    ):
+        cspnet.create_model("yolov4-tiny", pretrained=True)
+    with pytest.raises(cspnet.ConfigError, match="pretrained must be True, 'timm' or a file path, not 3"):
+        cspnet.create_model("yolov4-tiny-s", pretrained=3)
+
+
+def test_detect_train_weights_use_the_one_loader(tmp_path):
+    """`detect train --weights` from an 80-class file onto 3 classes: backbone and neck loaded, predictions fresh."""
+    from cspnet.engine.tasks.detect import DetectCfg, DetectTask
+
+    src = cspnet.create_model("yolov4-tiny-s")
+    path = save_state_dict(src.state_dict(), tmp_path / "coco.safetensors")
+    task = DetectTask(DetectCfg(model="yolov4-tiny-s", img=64, weights=str(path)))
+    task.meta = lambda: {"model": "yolov4-tiny-s", "num_classes": 3, "overrides": {}}
+    with pytest.warns(UserWarning, match="255 outputs there, 24 here.*fresh head.preds.0, head.preds.1"):
+        model = task.build_model()
+    assert torch.equal(model.head.convs[0].conv.weight, src.head.convs[0].conv.weight)
+
+
+def test_darknet_weights_are_recognised_by_their_header(tmp_path, monkeypatch):
+    """No magic number: versions, `seen` (64-bit from 0.2, 32-bit before) and whole float32s after it. The file goes
+    to the darknet loader that interop registers, whatever its name (darknet's partial files end in .conv.N)."""
+    from cspnet.interop.darknet import DarknetHeader, DarknetModel, parse_cfg_text, write_weights
+    from cspnet.models import weights
+
+    text = "[net]\nchannels=3\nheight=8\nwidth=8\n[convolutional]\nbatch_normalize=1\nfilters=4\nsize=3\npad=1\n"
+    dk = DarknetModel(parse_cfg_text(text + "activation=leaky\n"))
+    new = write_weights(dk, tmp_path / "yolov4-tiny.conv.29")
+    old = write_weights(dk, tmp_path / "old.pt", DarknetHeader(0, 1, 0, 7))
+    assert sniff_format(new) == sniff_format(old) == "darknet"
+    with pytest.raises(
+        cspnet.InputError, match=r"darknet \.weights need converting first .*`cspnet darknet convert CFG "
+    ) as e:
+        cspnet.create_model("yolov4-tiny-s", pretrained=new)
+    assert "\n" not in str(e.value)
+    with pytest.raises(cspnet.InputError, match="is a darknet weights file: it has no tensor names"):
+        read_state_dict(old)
+
+    calls = []
+    monkeypatch.setitem(weights.WEIGHT_FORMATS, "darknet", lambda model, path: calls.append((model.name, path)))
+    cspnet.create_model("yolov4-tiny-s", pretrained=old)
+    assert calls == [("yolov4-tiny-s", old)]
+
+
+def test_interop_plugs_in_without_models_importing_it():
+    """Importing models alone (as every layer does) registers interop's formats and sources: the package import
+    brings interop in. If `import cspnet` ever stops importing interop, this fails instead of darknet files."""
+    code = "import cspnet.models.weights as w; print(sorted(w.WEIGHT_FORMATS), sorted(w.PRETRAINED_SOURCES))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['darknet'] ['timm']"

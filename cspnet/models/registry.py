@@ -13,6 +13,7 @@ from torch import nn
 
 from cspnet.errors import ConfigError
 from cspnet.models.net import CspNet, FeatureNet, ModelCfg
+from cspnet.models.weights import load_pretrained
 from cspnet.nn.stages import StageCfg
 
 
@@ -110,31 +111,20 @@ def create_model(
 ) -> CspNet | FeatureNet | nn.Module:
     """Build a registered model, as `timm.create_model` does.
 
-    pretrained: None/False, True or "timm" (timm's ImageNet weights, converted; needs network once) or a local file
-    (.safetensors, or a torch checkpoint loaded with weights_only=True).
+    pretrained: None/False; True, the model's published weights (timm's ImageNet weights, converted, for the
+    classifiers timm has; needs network once); "timm"; or a local file of any format `load_into` reads (.safetensors,
+    a torch checkpoint loaded with weights_only=True, darknet .weights), for classifiers and detectors alike.
     overrides: architecture fields, e.g. partial_ratio=0.25, fusion="last", act="mish", small_input=True;
     for detectors YoloCfg's, e.g. backbone="cspresnext50", width=0.5.
     num_classes: None = the model's default (1000 for classifiers, 80 for detectors).
     """
     info = model_info(name)
-    num_classes = info.num_classes if num_classes is None else num_classes
+    if features_only and info.model_cls is not None:
+        raise ConfigError(f"{name} is a {info.task} model; features_only applies to classification backbones")
     cfg = build_cfg(name, **overrides)
-    if info.model_cls is not None:
-        if features_only:
-            raise ConfigError(f"{name} is a {info.task} model; features_only applies to classification backbones")
-        model = info.model_cls(cfg, num_classes=num_classes, in_chans=in_chans)
-        model.name = name
-        if pretrained:
-            from cspnet.models.weights import load_into, read_state_dict
-
-            load_into(model, read_state_dict(pretrained), str(pretrained))
-        return model
-    model = CspNet(cfg, num_classes=num_classes, in_chans=in_chans)
+    num_classes = info.num_classes if num_classes is None else num_classes
+    model = (info.model_cls or CspNet)(cfg, num_classes=num_classes, in_chans=in_chans)
     model.name = name
     if pretrained:
-        from cspnet.models.weights import load_pretrained
-
-        load_pretrained(model, pretrained, model_info(name).timm_name)
-    if features_only:
-        return FeatureNet(model, out_indices)
-    return model
+        load_pretrained(model, pretrained, info)
+    return FeatureNet(model, out_indices) if features_only else model

@@ -143,9 +143,9 @@ class ClassifyTask(TaskBase):
     def build_model(self) -> nn.Module:
         model = model_from_meta(self.meta())
         if self.cfg.weights:
-            from cspnet.models.weights import load_into, read_state_dict
+            from cspnet.models.weights import load_into
 
-            load_into(model, read_state_dict(self.cfg.weights), self.cfg.weights)
+            load_into(model, self.cfg.weights)
         return model
 
     def collate(self, train: bool) -> Callable:

@@ -10,7 +10,6 @@ The task supplies what is detection's own and the engine does the rest (EMA, AMP
 
 from __future__ import annotations
 
-import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,11 +26,10 @@ from cspnet.engine.metrics_coco import CocoMetric
 from cspnet.engine.task import TaskBase, default_param_groups
 from cspnet.engine.tasks.detect_loss import LossCfg, YoloLoss
 from cspnet.errors import ConfigError, InputError
+from cspnet.models.weights import load_into
 
 if TYPE_CHECKING:
     from cspnet.engine.trainer import Trainer
-
-LOG = logging.getLogger("cspnet.detect")
 
 
 @dataclass
@@ -76,27 +74,6 @@ def unwrap(model: nn.Module) -> nn.Module:
     while hasattr(model, "module") and not hasattr(model, "head"):
         model = model.module
     return model
-
-
-def load_detector_weights(model: nn.Module, path: str) -> None:
-    """Initial weights for fine-tuning: a prediction layer of another class count stays fresh (warned)."""
-    from cspnet.models.weights import read_state_dict
-
-    state = read_state_dict(path)
-    if "model" in state and isinstance(state["model"], dict):  # a training checkpoint
-        state = state.get("model_ema") or state["model"]
-    own = model.state_dict()
-    fresh = [k for k in state if k.startswith("head.preds.") and k in own and state[k].shape != own[k].shape]
-    if fresh:
-        LOG.warning(
-            f"{path} predicts another number of classes: keeping fresh prediction layers ({len(fresh)} tensors)"
-        )
-    state = {k: v for k, v in state.items() if k not in fresh}
-    bad = [k for k in own if k not in state and k not in fresh] + [k for k in state if k not in own]
-    bad += [k for k in state if k in own and state[k].shape != own[k].shape]
-    if bad:
-        raise InputError(f"{path} is for another architecture (e.g. {bad[:3]}); check --model and its overrides")
-    model.load_state_dict(state, strict=False)
 
 
 class DetectTask(TaskBase):
@@ -173,7 +150,7 @@ class DetectTask(TaskBase):
         if self.cfg.img % stride:
             raise ConfigError(f"--img {self.cfg.img} is not a multiple of the model's stride {stride}")
         if self.cfg.weights:
-            load_detector_weights(model, self.cfg.weights)
+            load_into(model, self.cfg.weights)
         if self.cfg.auto_anchors:
             self.fit_anchors(model)
         return model
