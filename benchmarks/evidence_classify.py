@@ -126,20 +126,74 @@ def train(args) -> None:
     sys.exit(max(p.wait() for p in procs))
 
 
+def measure(args) -> None:
+    """Params, MACs, fused/unfused latency at batch 1 and 8 at 32x32 (trained) and 224x224 (not overhead-bound), and
+    training img/s at the recipe's batch, interleaved; run it with the trainings paused (kill -STOP)."""
+    import dataclasses
+
+    from cspnet.ablate.measure import measure_variants
+
+    s = study(args)
+    plain, csp = s.variants[0], next(v for v in s.variants if v.model == PAIR[0])
+    out = {"commands": " ".join(sys.argv)}
+    for img, train_batch in ((32, s.cfg.budget.batch), (224, 8)):
+        b = dataclasses.replace(s.cfg.budget, img=img, threads=args.threads, train_batch=train_batch, latency_runs=15)
+        r = measure_variants([plain, csp], b, num_classes=10)
+        out[str(img)] = {v.model: r[v.slug] for v in (plain, csp)}
+        print(json.dumps({img: {m: (x["latency"], x["train_step"]) for m, x in out[str(img)].items()}}), flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "measure.json").write_text(json.dumps(out, indent=1) + "\n")
+
+
+def summary() -> dict:
+    """The committed run JSONs and measure.json in one dict: per model the finals, mean, std, plateau per run; the
+    difference with its standard error and the smallest difference the study can detect."""
+    models = {}
+    for m in PAIR:
+        runs = [json.loads(result_path(m, s).read_text()) for s in range(SEEDS) if result_path(m, s).is_file()]
+        finals = [r["final_top1"] for r in runs]
+        models[m] = {
+            "seeds": [r["seed"] for r in runs],
+            "final_top1": finals,
+            "mean": statistics.fmean(finals) if finals else None,
+            "std": statistics.stdev(finals) if len(finals) > 1 else None,
+            "plateau": [plateau(r["curve_top1"]) for r in runs],
+            "curves": {r["seed"]: r["curve_top1"] for r in runs},
+            "machine": runs[0]["machine"] if runs else None,
+        }
+    csp, plain = (models[m] for m in PAIR)
+    out = {"pair": PAIR, "budget": BUDGET, "seeds_planned": SEEDS, "models": models, "diff": None}
+    if csp["std"] is not None and plain["std"] is not None:
+        se = (csp["std"] ** 2 / len(csp["final_top1"]) + plain["std"] ** 2 / len(plain["final_top1"])) ** 0.5
+        out["diff"] = {"delta": csp["mean"] - plain["mean"], "se": se, "detectable": 2.8 * se}
+    mpath = RESULTS / "measure.json"
+    out["measure"] = json.loads(mpath.read_text()) if mpath.is_file() else None
+    return out
+
+
+def report(args) -> None:
+    s = summary()
+    path = RESULTS.parent / "classify.json"
+    path.write_text(json.dumps(s, indent=1) + "\n")
+    for m, x in s["models"].items():
+        print(m, x["final_top1"], [p["move"] for p in x["plateau"]])
+    print("diff", s["diff"], "->", path)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("part", choices=("train", "lane", "measure", "report"))
     p.add_argument("--data", default=None)
     p.add_argument("--project", default="runs/evidence")
     p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1, help="torch threads per training lane")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per training lane (measure: 2)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--units", default="")
     p.add_argument("--commit", action="store_true", help="git commit each run's JSON when it finishes")
     args = p.parse_args(argv)
     if args.part in ("train", "lane") and not args.data:
         p.error("train needs --data (CIFAR-10 folder or zip)")
-    {"train": train, "lane": lane}.get(args.part, lambda a: p.error("measure/report: not written yet"))(args)
+    {"train": train, "lane": lane, "measure": measure, "report": report}[args.part](args)
 
 
 if __name__ == "__main__":
