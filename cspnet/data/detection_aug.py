@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -44,11 +44,12 @@ class AugCfg:
     flipud: float = 0.0
 
 
-def read_image(path: str, long_side: int | None = None) -> torch.Tensor:
+def read_image(path: str, long_side: int | None = None, exif: bool = True) -> torch.Tensor:
     """uint8 RGB (3, H, W) of an image file (cspnet.data.images.to_rgb: 16-bit scaled, grayscale replicated).
 
     long_side: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (PIL draft mode) while its long side stays >= it.
-    No EXIF rotation: boxes refer to the stored pixels.
+    exif: apply the EXIF orientation, as viewers (and labelling tools) show the image; a record whose boxes were
+    drawn on the stored pixels passes False (DetRecord.exif).
     """
     with Image.open(path) as im:
         if long_side and im.format == "JPEG":
@@ -57,7 +58,8 @@ def read_image(path: str, long_side: int | None = None) -> torch.Tensor:
             if k >= 2:
                 im.draft("RGB", (math.ceil(w / k), math.ceil(h / k)))
         im.load()
-        rgb = to_rgb(im)
+        turned = exif and im.getexif().get(0x0112, 1) not in (None, 1)  # the EXIF orientation tag
+        rgb = to_rgb(ImageOps.exif_transpose(im) if turned else im)
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
 
 
@@ -202,7 +204,7 @@ class DetectionDataset(Dataset):
     def load(self, i: int) -> dict | None:
         r = self.source.records[i]
         try:
-            image = read_image(r.path, long_side=self.img)
+            image = read_image(r.path, long_side=self.img, exif=r.exif)
         except Exception as e:  # PIL raises many types for bad files
             LOG.warning(f"skipping unreadable image {r.path}: {type(e).__name__}: {e}")
             return None
