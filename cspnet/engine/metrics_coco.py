@@ -2,7 +2,8 @@
 
 The ground truth is the dataset's records as COCO JSON (`to_coco_gt`), whatever format they came in, and the
 predictions are COCO result dicts in the original images' pixels, rounded as written, so `write()` leaves a JSON
-pair on which anyone can re-run COCOeval and get the same numbers.
+pair on which anyone can re-run COCOeval and get the same numbers. The ground truth covers the images that were
+scored: one that failed to decode is skipped (and counted), not scored as if the detector had missed its objects.
 """
 
 from __future__ import annotations
@@ -43,12 +44,29 @@ def coco_eval(gt: dict, results: list[dict]) -> tuple[np.ndarray, np.ndarray | N
     return np.asarray(ev.stats), ev.eval["precision"], out.getvalue(), list(ev.params.catIds)
 
 
+def scored_gt(gt: dict, scored: set[int]) -> dict:
+    """The ground truth of the scored images only."""
+    return {
+        **gt,
+        "images": [im for im in gt["images"] if im["id"] in scored],
+        "annotations": [a for a in gt["annotations"] if a["image_id"] in scored],
+    }
+
+
+def _intersection(xywh: torch.Tensor, xyxy: torch.Tensor) -> torch.Tensor:
+    """(N, K) intersection areas of COCO [x, y, w, h] boxes with xyxy boxes."""
+    a = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
+    lt = torch.maximum(a[:, None, :2], xyxy[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], xyxy[None, :, 2:])
+    return (rb - lt).clamp(min=0).prod(-1)
+
+
 class CocoMetric(GatherMetric):
     """mAP@0.5 and mAP@0.5:0.95 (keys map50, map) of a detector's decoded outputs on a DetSource."""
 
     def __init__(self, source: DetSource, conf: float = 0.001, iou: float = 0.6, max_det: int = 300):
         self.source, self.conf, self.iou, self.max_det = source, conf, iou, max_det
-        self.gt = to_coco_gt(source)
+        self.full_gt = self.gt = to_coco_gt(source)
         self.details: dict = {}
         self.results: list[dict] = []
         super().__init__()
@@ -58,6 +76,7 @@ class CocoMetric(GatherMetric):
         dets = postprocess(preds["decoded"].float(), self.conf, self.iou, max_det=self.max_det, multi_label=True)
         out = []
         for d, m in zip(dets, batch["meta"]):
+            out.append({"image_id": int(m["image_id"])})  # scored: its ground truth counts (no "bbox": not a result)
             d = d.detach().cpu()
             b = unletterbox(d[:, :4], m["ratio"], m["pad"], m["orig"])
             for (x1, y1, x2, y2), s, c in zip(b.tolist(), d[:, 4].tolist(), d[:, 5].long().tolist()):
@@ -72,8 +91,10 @@ class CocoMetric(GatherMetric):
         return out
 
     def evaluate(self, records: list[dict]) -> dict[str, float]:
-        self.results = records
-        stats, precision, summary, cat_ids = coco_eval(self.gt, records)
+        scored = {r["image_id"] for r in records}
+        self.results = [r for r in records if "bbox" in r]
+        self.gt = scored_gt(self.full_gt, scored)
+        stats, precision, summary, cat_ids = coco_eval(self.gt, self.results)
         names = dict(zip(self.source.category_ids, self.source.names))
         per_class = []
         if precision is not None:
@@ -87,12 +108,15 @@ class CocoMetric(GatherMetric):
             "per_class": per_class,
             "precision": precision,
             "cat_ids": cat_ids,
-            "confusion": self.confusion(records),
+            "confusion": self.confusion(self.results, scored),
         }
         return {"map50": float(max(stats[1], 0.0)), "map": float(max(stats[0], 0.0))}
 
-    def confusion(self, records: list[dict], conf: float = 0.25, iou: float = 0.45) -> list[list[int]]:
-        """(C + 1) x (C + 1) counts, rows true class, columns predicted; the last row/column is background."""
+    def confusion(
+        self, records: list[dict], scored: set[int] | None = None, conf: float = 0.25, iou: float = 0.45
+    ) -> list[list[int]]:
+        """(C + 1) x (C + 1) counts, rows true class, columns predicted; the last row/column is background.
+        A detection on an ignore region (VOC difficult, COCO crowd) is not counted, as in COCOeval."""
         from torchvision.ops import box_iou
 
         nc = len(self.source.names)
@@ -103,6 +127,8 @@ class CocoMetric(GatherMetric):
             if r["score"] >= conf:
                 by_image.setdefault(r["image_id"], []).append(r)
         for rec in self.source.records:
+            if scored is not None and rec.image_id not in scored:
+                continue
             dets = by_image.get(rec.image_id, [])
             gt_c = rec.classes.tolist()
             det_c = [index[d["category_id"]] for d in dets]
@@ -124,7 +150,14 @@ class CocoMetric(GatherMetric):
             else:
                 for c in gt_c:
                     cm[c, nc] += 1
-            for d in set(range(len(dets))) - matched_d:
+            on_ignored = set()
+            if dets and len(rec.ignore_boxes):  # as pycocotools matches crowd regions: overlap / detection area
+                db = torch.tensor([d["bbox"] for d in dets], dtype=torch.float32)
+                inter = _intersection(db, torch.from_numpy(rec.ignore_boxes).float())
+                cover = inter / (db[:, 2] * db[:, 3]).clamp(min=1e-9)[:, None]
+                same = torch.tensor(det_c)[:, None] == torch.from_numpy(rec.ignore_classes)[None]  # per class
+                on_ignored = set(((cover > iou) & same).any(1).nonzero().flatten().tolist())
+            for d in set(range(len(dets))) - matched_d - on_ignored:
                 cm[nc, det_c[d]] += 1
         return cm.tolist()
 
