@@ -103,7 +103,11 @@ class DetectTask(TaskBase):
             train, val = open_detection(c.data, "train"), open_detection(c.data, c.val_split)
             if train.names != val.names:
                 raise InputError(f"{train.where} and {val.where} name different classes; use one class list")
-            for src, n in ((train, c.subset), (val, c.val_subset)):
+            from cspnet.engine import dist
+
+            for src, n, split in ((train, c.subset, "train"), (val, c.val_subset, c.val_split)):
+                if dist.is_main():
+                    print(src.summary(split) + (f"; the first {n} used" if n is not None else ""), flush=True)
                 if n is not None:
                     src.records = sorted(src.records, key=lambda r: r.path)[:n]
             aug = AugCfg(
@@ -201,13 +205,15 @@ class DetectTask(TaskBase):
             return {"raw": model(images), "head": unwrap(model).head}  # through DDP's forward
         m = unwrap(model)
         raw = m.forward_raw(images)
-        return {"raw": raw, "decoded": m.head.decode(raw, tuple(images.shape[-2:])), "head": m.head}
+        return {"raw": raw, "decoded": m.head.decode(raw, tuple(images.shape[-2:])), "head": m.head, "eval": True}
 
     def loss(self, preds: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self._loss is None or self._loss.head is not preds["head"]:
             c = self.cfg
             cfg = LossCfg(box=c.box, obj=c.obj, cls=c.cls, iou_thresh=c.iou_thresh, label_smoothing=c.label_smoothing)
             self._loss = YoloLoss(preds["head"], cfg)
+        if preds.get("eval"):  # validation: each image's loss alone, so val/loss does not depend on the batch
+            return self._loss.per_image(preds["raw"], batch["targets"])
         return self._loss(preds["raw"], batch["targets"])
 
     def metric(self, train: bool) -> CocoMetric | None:

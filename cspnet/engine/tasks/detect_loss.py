@@ -4,8 +4,14 @@ Assignment (darknet's, with `iou_thresh`): a ground-truth box is predicted at th
 anchor (of any level) whose shape IoU with it exceeds `iou_thresh`, and always by the best anchor. Predictions that
 are not assigned but overlap an object by more than `ignore_thresh` get no objectness loss. Boxes come from
 `model.head.decode_boxes` (the model's own decode), so the loss trains exactly what inference reads.
-Weights follow YOLOv5: box 0.05, obj 1.0, cls 0.5, objectness balanced per level (stride 8: 4.0, 16: 1.0, 32: 0.4),
-the sum times the batch size (so SGD at lr 0.01 works as there).
+Weights follow YOLOv5: box 0.05, obj 1.0, cls 0.5, objectness balanced per level (stride 8: 4.0, 16: 1.0, 32: 0.4).
+With one class there is no class term (YOLOv5's choice; the class logit is then not trained and the head scores by
+objectness alone, see YoloHead.one_class_logit).
+
+Normalisation: the parts are means over the batch (positives for box and class, weighted cells for objectness),
+and their sum is the loss's value, per image, the number logged. Its gradient is that of the sum times the batch
+size, YOLOv5's `loss * bs`, so SGD at lr 0.01 works as there at any batch size. Validation scores each image alone
+(`per_image`: its loss as a batch of one) and averages over images, so val/loss does not depend on --batch.
 """
 
 from __future__ import annotations
@@ -60,6 +66,28 @@ class YoloLoss:
         return out
 
     def __call__(self, raw: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The batch's loss (value: per image; gradient: times the batch size) and its parts."""
+        bs = raw[0].shape[0]
+        lbox, lobj, lcls = self.parts(raw, targets)
+        loss = lbox + lobj + lcls
+        if loss.requires_grad and bs > 1:
+            loss.register_hook(lambda g: g * bs)  # YOLOv5's loss * bs, without scaling the number logged
+        return loss, {"box": lbox.detach(), "obj": lobj.detach(), "cls": lcls.detach()}
+
+    @torch.no_grad()
+    def per_image(self, raw: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Each image's loss as a batch of one, averaged over the images: the same at any batch size."""
+        targets = targets.to(raw[0].device)
+        parts = []
+        for i in range(raw[0].shape[0]):
+            t = targets[targets[:, 0] == i].clone()
+            t[:, 0] = 0
+            parts.append(torch.stack(self.parts([r[i : i + 1] for r in raw], t)))
+        box, obj, cls = torch.stack(parts).mean(0)
+        return box + obj + cls, {"box": box, "obj": obj, "cls": cls}
+
+    def parts(self, raw: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(box, obj, cls) weighted means over the batch."""
         c = self.cfg
         raw = [r.float() for r in raw]
         targets = targets.to(raw[0].device).float()
@@ -95,5 +123,4 @@ class YoloLoss:
         lbox = lbox * c.box * scale
         lobj = lobj * c.obj * scale * (img_side / 640) ** 2
         lcls = lcls * c.cls * scale * nc / 80
-        total = (lbox + lobj + lcls) * bs
-        return total, {"box": lbox.detach(), "obj": lobj.detach(), "cls": lcls.detach()}
+        return lbox, lobj, lcls
