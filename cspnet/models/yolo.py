@@ -150,6 +150,10 @@ class YoloHead(nn.Module):
         self.strides = tuple(int(s) for s in strides)
         self.scale_x_y = tuple(float(s) for s in scale_x_y)
         self.new_coords = bool(new_coords)
+        # With one class the score is the objectness: the loss has no class term (YOLOv5's), so the class logit is
+        # never trained and would only scale every score by noise. Darknet does train it (delta_yolo_class) and
+        # scores objectness x class probability: its imported models set this True to stay equal to darknet/OpenCV.
+        self.one_class_logit = False
         self.register_buffer("anchors", torch.tensor(anchors, dtype=torch.float32))  # (L, A, 2), saved with weights
         no = self.num_anchors * (5 + num_classes)
         self.convs = nn.ModuleList(
@@ -201,12 +205,16 @@ class YoloHead(nn.Module):
     def decode(self, raws: list[torch.Tensor], img_hw: tuple[int, int]) -> torch.Tensor:
         """Per-level logits -> (B, N, 5 + C): boxes in pixels, objectness and class probabilities.
 
-        Rows level by level, (cell, anchor)-major within a level: OpenCV's order.
+        Rows level by level, (cell, anchor)-major within a level: OpenCV's order. With one class its probability
+        is 1 (score = objectness) unless `one_class_logit` (a darknet model, whose class logit was trained).
         """
         out = []
         for i, raw in enumerate(raws):
             box = self.decode_boxes(raw, i, img_hw)
-            y = torch.cat([box, raw[..., 4:].sigmoid()], -1)
+            probs = raw[..., 4:].sigmoid()
+            if self.num_classes == 1 and not self.one_class_logit:
+                probs = torch.cat([probs[..., :1], torch.ones_like(probs[..., 1:])], -1)
+            y = torch.cat([box, probs], -1)
             out.append(y.permute(0, 2, 3, 1, 4).reshape(y.shape[0], -1, y.shape[-1]))
         return torch.cat(out, 1)
 

@@ -241,6 +241,7 @@ def to_native_detector(dk: DarknetModel, name: str, verify: bool = True, **overr
     """The native detector `name` carrying the cfg model's weights, classes and anchors; NotNative if it differs."""
     native = create_model(name, in_chans=dk.in_chans, **detector_args(dk), **overrides)
     native.load_state_dict(detector_state_dict(dk, native))
+    native.head.one_class_logit = True  # darknet trained the class logit, also for one class: score as it does
     if verify:
         check_equal(dk, native)
     return native.train(dk.training)
