@@ -61,6 +61,8 @@ def cmd_val(args: argparse.Namespace) -> int:
             f"({'different names' if len(src.names) == len(meta['classes']) else 'another count'}); "
             "fine-tune first with `cspnet detect train --weights W --data D`"
         )
+    if dist.is_main() and not args.json:
+        print(src.summary(args.split), flush=True)
     ds = DetectionDataset(src, img)
     device = dist.setup(args.device)
     shard = ShardSampler(len(ds), dist.rank(), dist.world_size())  # under torchrun each rank scores its share
@@ -73,10 +75,25 @@ def cmd_val(args: argparse.Namespace) -> int:
     out = _run_folder(args, "val")
     paths = metric.write(out)
     per_class = metric.details["per_class"]
+    # skipped when the data was read (bad labels, unreadable headers) and when decoding (truncated files)
+    skipped = sum(src.skipped.values()) + m["skipped"]
+    images = len(src.records) + sum(src.skipped.values())
     if args.json:
-        print(json.dumps({"map50": m["map50"], "map": m["map"], "loss": m.get("loss"), "skipped": m["skipped"]}))
+        print(
+            json.dumps(
+                {
+                    "map50": m["map50"],
+                    "map": m["map"],
+                    "loss": m.get("loss"),
+                    "images": images,
+                    "scored": images - skipped,
+                    "skipped": skipped,
+                    "data": src.summary(args.split),
+                }
+            )
+        )
     else:
-        print(f"{meta['model']} on {src.where} ({len(src.records)} images, {m['skipped']} skipped)")
+        print(f"{meta['model']} on {src.where} ({images} images: {images - skipped} scored, {skipped} skipped)")
         print(metric.details["summary"].rstrip())
         print(f"mAP@0.5 {m['map50']:.4f}  mAP@0.5:0.95 {m['map']:.4f}")
         if per_class:
