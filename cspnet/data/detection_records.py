@@ -82,7 +82,7 @@ class DetSource:
         boxes = sum(len(r.boxes) for r in self.records)
         present = len({int(c) for r in self.records for c in r.classes})
         images = f"{n} of {n + skipped} images" if skipped else f"{n} images"
-        line = f"{split}: {images}, {boxes} boxes, {len(self.names)} classes"
+        line = f"{split}: {images}, {_n(boxes, 'box', 'boxes')}, {_n(len(self.names), 'class', 'classes')}"
         if present < len(self.names):
             line += f" ({len(self.names) - present} without boxes here)"
         ignored = sum(len(r.ignore_boxes) for r in self.records)
@@ -93,6 +93,10 @@ class DetSource:
         if self.notes:
             line += f"; {_counts(self.notes)}"
         return line
+
+
+def _n(k: int, one: str, many: str) -> str:
+    return f"{k} {one if k == 1 else many}"
 
 
 def _counts(c: Counter) -> str:
