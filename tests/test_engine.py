@@ -25,7 +25,7 @@ from cspnet.engine import (
     save_checkpoint,
 )
 from cspnet.engine.cli import add_eval_args, add_task_parser
-from cspnet.engine.registry import TaskSpec, load_model, register_task
+from cspnet.engine.task_registry import TaskSpec, load_model, register_task
 from cspnet.engine.tasks.classify import ClassifyCfg, ClassifyTask
 from cspnet.engine.trainer import lr_factor, param_groups
 from cspnet.errors import ConfigError, InputError

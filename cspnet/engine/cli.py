@@ -13,8 +13,8 @@ from pathlib import Path
 
 from cspnet.cli_args import fraction, image_size, nonneg_float, nonneg_int, positive_float, positive_int
 from cspnet.engine import dist
-from cspnet.engine.registry import TASK_MODULES, TaskSpec, get_task
 from cspnet.engine.run import RunDir, claim_run, hold_run, run_dir_of
+from cspnet.engine.task_registry import TASK_MODULES, TaskSpec, get_task
 from cspnet.engine.trainer import TrainCfg, Trainer
 from cspnet.errors import ConfigError, CspnetError, InputError
 

@@ -11,7 +11,7 @@ import torch
 
 from cspnet.cli_args import add_output, fraction, image_size, nonneg_float, positive_int
 from cspnet.engine.cli import add_eval_args
-from cspnet.engine.registry import TaskSpec, load_model, register_task
+from cspnet.engine.task_registry import TaskSpec, load_model, register_task
 from cspnet.engine.tasks.classify import ClassifyCfg, ClassifyTask
 from cspnet.errors import InputError
 from cspnet.io import atomic_write
