@@ -24,8 +24,9 @@ from cspnet.engine import (
     load_checkpoint,
     save_checkpoint,
 )
+from cspnet.engine.checkpoint import load_model
 from cspnet.engine.cli import add_eval_args, add_task_parser
-from cspnet.engine.task_registry import TaskSpec, load_model, register_task
+from cspnet.engine.task_registry import TaskSpec, register_task
 from cspnet.engine.tasks.classify import ClassifyCfg, ClassifyTask
 from cspnet.engine.trainer import lr_factor, param_groups
 from cspnet.errors import ConfigError, InputError

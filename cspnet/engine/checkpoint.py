@@ -1,4 +1,5 @@
-"""Checkpoints: plain dicts of tensors and primitives, written atomically, read with weights_only=True."""
+"""Checkpoints: plain dicts of tensors and primitives, written atomically, read with weights_only=True; and the
+model of a training checkpoint rebuilt by its task (`load_model`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
+from cspnet.engine.task_registry import get_task
 from cspnet.errors import InputError
 from cspnet.io import atomic_write, torch_load
 
@@ -48,3 +51,26 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_model(weights: str | Path, task: str | None = None) -> tuple[nn.Module, dict, dict]:
+    """(model in eval mode with the EMA weights when saved, its meta, the checkpoint) from a training checkpoint.
+
+    The architecture comes from the checkpoint's meta (task.model_from_meta); the weights must fit it exactly.
+    """
+    ckpt = load_checkpoint(weights)
+    name, meta = ckpt.get("task"), ckpt.get("meta")
+    if not isinstance(name, str) or not isinstance(meta, dict) or (task and name != task):
+        want = f"`cspnet {task} train`" if task else "`cspnet <task> train`"
+        raise InputError(f"{weights} is not a {task or 'training'} checkpoint from {want} (task {name!r})")
+    model = get_task(name).task.model_from_meta(meta)
+    state = ckpt.get("model_ema") or ckpt["model"]
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as e:
+        first = str(e).strip().splitlines()
+        raise InputError(
+            f"{weights}: the weights do not fit the model its metadata describes ({first[1].strip() if len(first) > 1 else first[0]}); "
+            "the checkpoint was altered or is damaged"
+        ) from None
+    return model.eval(), meta, ckpt

@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 
 from cspnet.cli_args import add_output, fraction, image_size, nonneg_float, positive_int
+from cspnet.engine.checkpoint import load_model
 from cspnet.engine.cli import add_eval_args
-from cspnet.engine.task_registry import TaskSpec, load_model, register_task
+from cspnet.engine.task_registry import TaskSpec, register_task
 from cspnet.engine.tasks.classify import ClassifyCfg, ClassifyTask
 from cspnet.errors import InputError
 from cspnet.io import atomic_write

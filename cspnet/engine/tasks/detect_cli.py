@@ -17,7 +17,8 @@ import torch
 
 from cspnet.data.boxes import postprocess, unletterbox
 from cspnet.data.detection import IMG_SUFFIXES, open_detection
-from cspnet.engine.task_registry import TaskSpec, load_model, register_task
+from cspnet.engine.checkpoint import load_model
+from cspnet.engine.task_registry import TaskSpec, register_task
 from cspnet.engine.tasks.detect import DetectCfg, DetectTask
 from cspnet.errors import InputError
 from cspnet.io import atomic_write
