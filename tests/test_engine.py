@@ -26,9 +26,10 @@ from cspnet.engine import (
 )
 from cspnet.engine.checkpoint import load_model
 from cspnet.engine.cli import add_eval_args, add_task_parser
+from cspnet.engine.optim import lr_factor
+from cspnet.engine.task import default_param_groups
 from cspnet.engine.task_registry import TaskSpec, register_task
 from cspnet.engine.tasks.classify import ClassifyCfg, ClassifyTask
-from cspnet.engine.trainer import lr_factor, param_groups
 from cspnet.errors import ConfigError, InputError
 from cspnet.models import create_model
 
@@ -52,7 +53,7 @@ def test_lr_schedule_and_no_decay_on_norm_and_bias():
     f = [lr_factor(s, 10, 100, 0.01) for s in range(100)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(f[10:], f[11:])) and f[-1] == pytest.approx(0.01, abs=1e-3)
-    groups = param_groups(create_model("resnet10", num_classes=2), 1e-4)
+    groups = default_param_groups(create_model("resnet10", num_classes=2), 1e-4)
     assert all(p.ndim > 1 for p in groups[0]["params"]) and groups[0]["weight_decay"] == 1e-4
     assert all(p.ndim <= 1 for p in groups[1]["params"]) and groups[1]["weight_decay"] == 0.0
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from cspnet.ablate.budgets import BUDGETS, get_budget
 from cspnet.ablate.study import PARTS, StudyCfg, run_study
 from cspnet.cli_args import nonneg_int, positive_float
+from cspnet.engine.amp import AMP_MODES
 from cspnet.errors import ConfigError, CspnetError
 
 # options passed on unchanged to the --jobs child processes
@@ -202,7 +203,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--lr", type=positive_float, default=None)
     g.add_argument("--workers", type=nonneg_int, default=None, help="data-loader processes per training")
     g.add_argument("--device", default=None, help="auto, cpu, cuda (training only; latency is always CPU)")
-    g.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default=None)
+    g.add_argument("--amp", choices=AMP_MODES, default=None)
     g.add_argument("--threads", type=positive, default=None, help="torch threads for the CPU measurements")
     g.add_argument("--latency-runs", type=positive, default=None, help="interleaved timed runs per variant")
     p.set_defaults(func=_cmd_ablate)

@@ -3,10 +3,8 @@ model of a training checkpoint rebuilt by its task (`load_model`)."""
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -26,31 +24,6 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise InputError(f"{path} is not a cspnet training checkpoint (no 'model' entry)")
     return ckpt
-
-
-def rng_state() -> dict:
-    """Python, numpy, torch (and CUDA) RNG states as tensors, so weights_only loading accepts them."""
-    _, mt, pos, has_gauss, gauss = np.random.get_state()
-    state = {
-        "python": torch.tensor(random.getstate()[1], dtype=torch.int64),
-        "numpy": torch.from_numpy(mt.astype(np.int64)),
-        "numpy_pos": pos,
-        "numpy_gauss": [has_gauss, gauss],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore what rng_state() saved."""
-    random.setstate((3, tuple(state["python"].tolist()), None))
-    has_gauss, gauss = state["numpy_gauss"]
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def load_model(weights: str | Path, task: str | None = None) -> tuple[nn.Module, dict, dict]:

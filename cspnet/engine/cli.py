@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cspnet.cli_args import fraction, image_size, nonneg_float, nonneg_int, positive_float, positive_int
 from cspnet.engine import dist
+from cspnet.engine.amp import AMP_MODES
 from cspnet.engine.run import RunDir, claim_run, hold_run, run_dir_of
 from cspnet.engine.task_registry import TASK_MODULES, TaskSpec, get_task
 from cspnet.engine.trainer import TrainCfg, Trainer
@@ -46,7 +47,7 @@ def add_train_args(
     p.add_argument(
         "--cooldown-epochs", type=nonneg_int, help=f"last epochs held at the final lr (default {d['cooldown_epochs']})"
     )
-    p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), help="auto (default): fp16 on CUDA, off on CPU")
+    p.add_argument("--amp", choices=AMP_MODES, help="auto (default): fp16 on CUDA, off on CPU")
     p.add_argument("--no-ema", dest="ema", action="store_const", const=False, help="no EMA of the weights")
     p.add_argument("--ema-decay", type=fraction, help=f"default {d['ema_decay']}")
     p.add_argument("--accumulate", type=positive_int, help=f"batches per optimizer step (default {d['accumulate']})")
@@ -197,7 +198,7 @@ def add_eval_args(p: argparse.ArgumentParser, data_help: str = "dataset") -> Non
     p.add_argument("--batch", type=positive_int, default=64)
     p.add_argument("--workers", type=nonneg_int, default=2)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="off")
+    p.add_argument("--amp", choices=AMP_MODES, default="off")
 
 
 def add_task_parser(sub: argparse._SubParsersAction, spec: TaskSpec) -> argparse.ArgumentParser:

@@ -30,7 +30,8 @@ def cmd_val(args: argparse.Namespace) -> int:
 
     from cspnet.data import eval_transform, open_split
     from cspnet.engine import dist
-    from cspnet.engine.trainer import amp_dtype, evaluate
+    from cspnet.engine.amp import amp_dtype
+    from cspnet.engine.evaluation import evaluate
 
     model, meta = load_classifier(args.weights)
     img = args.img or meta["img"]

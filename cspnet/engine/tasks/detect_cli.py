@@ -50,8 +50,10 @@ def cmd_val(args: argparse.Namespace) -> int:
 
     from cspnet.data.detection_aug import DetectionDataset, detection_collate
     from cspnet.engine import dist
+    from cspnet.engine.amp import amp_dtype
+    from cspnet.engine.evaluation import evaluate
     from cspnet.engine.metrics_coco import CocoMetric
-    from cspnet.engine.trainer import ShardSampler, amp_dtype, evaluate
+    from cspnet.engine.samplers import ShardSampler
 
     model, meta = load_detector(args.weights)
     img = args.img or meta["img"]
