@@ -14,6 +14,7 @@ from pathlib import Path
 from cspnet.cli_args import fraction, image_size, nonneg_float, nonneg_int, positive_float, positive_int
 from cspnet.engine import dist
 from cspnet.engine.amp import AMP_MODES
+from cspnet.engine.config import flat_values, from_flat
 from cspnet.engine.run import RunDir, claim_run, hold_run, run_dir_of
 from cspnet.engine.task_registry import TASK_MODULES, TaskSpec, get_task
 from cspnet.engine.trainer import TrainCfg, Trainer
@@ -138,7 +139,7 @@ def _init_distributed(device: str) -> None:
 def build_trainer(args: argparse.Namespace) -> tuple[Trainer, str | None]:
     """The Trainer a `<task> train` command line asks for, and the checkpoint to resume from (or None)."""
     spec: TaskSpec = args.task_spec
-    task_fields = {f.name for f in dataclasses.fields(spec.cfg)}
+    task_fields = set(flat_values(spec.cfg()))  # nested settings (DetectCfg.aug) are flat options
     given = {k: v for k, v in vars(args).items() if k in task_fields | TRAIN_FIELDS and v is not None}
     resume = None
     if args.resume:
@@ -167,12 +168,12 @@ def build_trainer(args: argparse.Namespace) -> tuple[Trainer, str | None]:
         if missing:
             raise ConfigError(f"{spec.name} train needs {' and '.join(missing)} (or --resume)")
         defaults = {**dataclasses.asdict(TrainCfg()), **spec.train_defaults}
-        values = {**defaults, **{f.name: getattr(spec.cfg(), f.name) for f in dataclasses.fields(spec.cfg)}, **given}
+        values = {**defaults, **flat_values(spec.cfg()), **given}
         _init_distributed(values["device"])
         run = _claim(args.project, args.name, args.exist_ok)
     values["save_dir"] = str(run.path)
     try:
-        task = spec.task(spec.cfg(**{k: v for k, v in values.items() if k in task_fields}))
+        task = spec.task(from_flat(spec.cfg, values))
         cfg = TrainCfg(**{k: v for k, v in values.items() if k in TRAIN_FIELDS | {"save_dir"}})
         trainer = Trainer(task, cfg, run=run)
     except BaseException:

@@ -1,4 +1,4 @@
-"""The task registry: `cspnet <task> train|val|predict` for every registered task (checkpoints: engine/checkpoint.py)."""
+"""The task registry: `cspnet <task> train|val|predict` for every registered task."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ class TaskSpec:
 
     name: str  # the sub-command and the checkpoint's "task"
     task: type  # the Task class: task(cfg), with a static model_from_meta(meta)
-    cfg: type  # dataclass of the task's settings; its fields are also `train` options of the same names
+    cfg: type  # dataclass of the task's settings; its fields (nested settings' fields inlined) are `train` options
     help: str = ""
     add_train_args: Callable[[argparse.ArgumentParser], None] | None = None  # the task's own train options
     train_defaults: dict = field(default_factory=dict)  # TrainCfg defaults for this task (lr, epochs, ...)

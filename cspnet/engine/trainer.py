@@ -24,7 +24,7 @@ from tqdm import tqdm
 from cspnet.engine import dist as edist
 from cspnet.engine.amp import amp_dtype, check_amp
 from cspnet.engine.checkpoint import load_checkpoint, save_checkpoint
-from cspnet.engine.config import OPTIMIZERS, TrainCfg
+from cspnet.engine.config import OPTIMIZERS, TrainCfg, flat_values
 from cspnet.engine.evaluation import LossMeter, check_readable, evaluate, pass_results, to_device
 from cspnet.engine.optim import build_ema, build_optimizer, build_scheduler
 from cspnet.engine.rng import rng_state, seed_everything, set_rng_state
@@ -48,7 +48,7 @@ class Trainer:
 
     def __init__(self, task: Task, cfg: TrainCfg, run: RunDir | None = None):
         self.task, self.cfg, self.run = task, cfg, run
-        self.args = {**dataclasses.asdict(task.cfg), **dataclasses.asdict(cfg)}  # args.yaml; resume rebuilds from it
+        self.args = {**flat_values(task.cfg), **dataclasses.asdict(cfg)}  # args.yaml; resume rebuilds from it
         self.world = edist.world_size()
         self.rank = edist.rank()
         self.main = self.rank == 0
