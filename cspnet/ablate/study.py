@@ -25,7 +25,7 @@ import torch
 
 from cspnet.ablate.budgets import Budget
 from cspnet.ablate.grid import PLAIN, GridVariant, build_grid
-from cspnet.engine import TrainCfg, Trainer
+from cspnet.engine import Trainer
 from cspnet.engine.run import RunDir, project_dir
 from cspnet.engine.tasks.classify import ClassifyCfg, ClassifyTask
 from cspnet.errors import ConfigError, InputError
@@ -199,33 +199,8 @@ class Study:
             )
         last = run / "weights" / "last.pt"
         resume = last if last.is_file() else None
-        task = VariantTask(
-            ClassifyCfg(
-                model=v.model,
-                data=str(self.cfg.data),
-                img=b.img,
-                small_input=b.small_input,
-                subset=b.subset,
-                val_subset=b.val_subset,
-                scale=b.scale,
-            ),
-            v.kwargs(),
-        )
-        tcfg = TrainCfg(
-            epochs=b.epochs,
-            batch=b.batch,
-            lr=b.lr,
-            weight_decay=b.weight_decay,
-            warmup_epochs=b.warmup_epochs,
-            cooldown_epochs=b.cooldown_epochs,
-            ema=b.ema,
-            ema_decay=b.ema_decay,
-            amp=b.amp,
-            seed=seed,
-            workers=b.workers,
-            device=b.device,
-            save_dir=str(run),
-        )
+        task = VariantTask(b.classify_cfg(v.model, str(self.cfg.data)), v.kwargs())
+        tcfg = b.train_cfg(seed=seed, save_dir=str(run))
         print(f"ablate: {'resuming' if resume else 'training'} {v.label} ({v.model} {v.kwargs()}) seed {seed} -> {run}")
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
