@@ -63,7 +63,7 @@ def latency(weights: dict[str, Path], img: int, runs: int, threads: int) -> dict
     """Fused batch-1 latency (ms), models interleaved run by run, medians."""
     import torch
 
-    from cspnet.engine.registry import load_model
+    from cspnet.engine.checkpoint import load_model
 
     torch.set_num_threads(threads)
     models = {}
@@ -86,7 +86,7 @@ def latency(weights: dict[str, Path], img: int, runs: int, threads: int) -> dict
 
 def size(weights: Path, img: int) -> tuple[float, float]:
     from cspnet.bench.measure import count_macs, count_params
-    from cspnet.engine.registry import load_model
+    from cspnet.engine.checkpoint import load_model
 
     m, _, _ = load_model(weights, "detect")
     return count_params(m) / 1e6, count_macs(m, img) / 1e9

@@ -11,7 +11,7 @@ import torch
 
 from cspnet.data import eval_transform, open_split
 from cspnet.engine import TrainCfg, Trainer
-from cspnet.engine.registry import load_model
+from cspnet.engine.checkpoint import load_model
 from cspnet.engine.tasks.classify import ClassifyCfg, ClassifyTask
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

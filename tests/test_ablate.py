@@ -43,6 +43,28 @@ def test_grid_entries():
     assert plain.model == "resnet10"
 
 
+def test_a_budget_reaches_the_engine_whole():
+    """Every recipe field of a Budget is a TrainCfg or ClassifyCfg setting (none is dropped on the way), and the
+    configs built from it carry the budget's values, e.g. plateau_cpu's EMA decay and cooldown."""
+    import dataclasses
+
+    from cspnet.ablate.budgets import BUDGETS, RUNTIME, Budget
+    from cspnet.engine import TrainCfg
+    from cspnet.engine.tasks.classify import ClassifyCfg
+
+    used = {f.name for f in dataclasses.fields(TrainCfg)} | {f.name for f in dataclasses.fields(ClassifyCfg)}
+    measurement = {"threads", "latency_batches", "latency_runs", "latency_warmup", "train_batch"}
+    assert {f.name for f in dataclasses.fields(Budget)} - used - measurement - {"name"} == set()
+    assert set(RUNTIME) - measurement <= used
+    b = BUDGETS["plateau_cpu"]
+    t, c = b.train_cfg(seed=2, save_dir="runs/x"), b.classify_cfg("resnet10", "data.zip")
+    assert (t.ema_decay, t.cooldown_epochs, t.epochs, t.lr, t.seed, t.save_dir) == (0.998, 10, 40, 0.2, 2, "runs/x")
+    assert (c.model, c.data, c.img, c.scale, c.subset) == ("resnet10", "data.zip", 32, 0.35, None)
+    s = get_budget("smoke", "resnet10", small_input=True, amp="bf16")
+    assert s.classify_cfg("m", "d").small_input and s.train_cfg(0, "r").amp == "bf16"
+    assert s.classify_cfg("m", "d").val_subset == 32 and s.train_cfg(0, "r").workers == 0
+
+
 @pytest.mark.slow
 def test_jobs_train_in_child_processes_and_record_the_command(data, tmp_path):
     """--jobs 2: two processes share the (variant, seed) units; study.json keeps the command that trained them and a

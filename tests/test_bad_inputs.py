@@ -193,7 +193,7 @@ ROWS: list[tuple[list[str], int, str]] = [
     (["detect", "predict", "--weights", "{missing}", "{file}"], 2, "not found"),
     # ablate
     *[
-        (["ablate", "--base", "resnet10", "--data", "{data}", flag, value], 2, "must be at least 1")
+        (["ablate", "--base", "resnet10", "--data", "{data}", flag, value], 2, NUM)
         for flag, value in [("--seeds", "0"), ("--jobs", "0"), ("--epochs", "0"), ("--img", "0"), ("--batch", "0")]
         + [("--threads", "0"), ("--latency-runs", "0")]
     ],

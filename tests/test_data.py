@@ -90,6 +90,23 @@ def _png16(path, values) -> None:
     Image.fromarray(np.asarray(values, dtype=np.uint16)).save(path)
 
 
+def test_load_image_decodes_a_large_jpeg_small_and_detection_reads_through_it(tmp_path):
+    import numpy as np
+
+    from cspnet.data import load_image
+    from cspnet.data.detection_aug import read_image
+
+    Image.new("RGB", (1000, 600), (200, 40, 90)).save(tmp_path / "big.jpg")
+    Image.new("RGB", (1000, 600), (200, 40, 90)).save(tmp_path / "big.png")
+    assert load_image(tmp_path / "big.jpg").size == (1000, 600)
+    assert load_image(tmp_path / "big.jpg", long_side=300).size == (500, 300)  # draft 1/2: 1/4 would be under 300
+    assert load_image(tmp_path / "big.jpg", long_side=600).size == (1000, 600)  # 1/2 would be under 600
+    assert load_image(tmp_path / "big.png", long_side=300).size == (1000, 600)  # PNG has no draft mode
+    x = read_image(str(tmp_path / "big.jpg"), long_side=300)
+    assert x.shape == (3, 300, 500) and x.dtype == torch.uint8
+    assert np.array_equal(x.permute(1, 2, 0).numpy(), np.asarray(load_image(tmp_path / "big.jpg", False, 300)))
+
+
 def test_load_image_converts_by_range_not_by_clipping(tmp_path, make_folder):
     import numpy as np
 

@@ -228,7 +228,7 @@ def test_boxes_follow_affines(seed):
     cfg = AugCfg(degrees=15, translate=0.1, scale=0.4, shear=0)
     s = _rect_image(96, 96, [30, 25, 70, 60])
     _check_encloses(affine_crop(s, 72, cfg), tight=3.0)  # the mosaic path's affine, sampled into 72x72
-    _check_encloses(geometric(cfg, 96)(s), tight=3.0)  # v2.RandomAffine (letterbox path)
+    _check_encloses(geometric(cfg)(s), tight=3.0)  # v2.RandomAffine (letterbox path)
 
 
 def test_boxes_follow_flips_and_hsv():

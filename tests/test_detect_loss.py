@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -75,12 +77,43 @@ def test_loss_parts_and_gradients():
     assert torch.isfinite(total) and parts["box"] == 0 and parts["cls"] == 0 and parts["obj"] > 0
 
 
-def test_label_smoothing_changes_class_loss():
-    head, raw = Head(), raw_outputs()
-    targets = torch.tensor([[0, 1, 4, 4, 20, 20.0]])
-    plain = YoloLoss(head, LossCfg())(raw, targets)[1]["cls"]
-    smooth = YoloLoss(head, LossCfg(label_smoothing=0.2))(raw, targets)[1]["cls"]
-    assert plain != smooth
+def _softplus(z: float) -> float:
+    return math.log1p(math.exp(z))
+
+
+def test_loss_values_by_hand():
+    """One object, one assigned prediction on a 32x32 input; every part computed here from its formula.
+
+    The object (class 1 of 3) is 16x12 at centre (20, 30): anchor 1 of level 0 (16x12) in cell (2, 3) is the only
+    one assigned (iou_thresh 1.0). That prediction decodes to a 32x12 box at the same centre; its objectness logit
+    is 2 and its class logits are (2, -1, 0); every other logit is 0, so every other prediction costs ln 2.
+    """
+    head = Head()
+    raw = [torch.zeros(1, 2, 4, 4, 8), torch.zeros(1, 2, 2, 2, 8)]
+    cell = raw[0][0, 1, 3, 2]
+    cell[:5] = torch.tensor([0.0, math.log(3), math.log(2), 0.0, 2.0])  # sigmoid 0.5, 0.75: centre (20, 30); w 2x16
+    cell[5:] = torch.tensor([2.0, -1.0, 0.0])
+    targets = torch.tensor([[0, 1, 12, 24, 28, 36.0]])
+    level_weight, nc = 3 / 2, 3  # 3 / number of levels; classes
+
+    # CIoU of the 32x12 prediction (x 4..36) and the 16x12 object (x 12..28), both y 24..36: IoU 1/2, same centre
+    iou = 0.5
+    v = 4 / math.pi**2 * (math.atan(16 / 12) - math.atan(32 / 12)) ** 2
+    ciou = 1 - iou + 0 + v / (1 - iou + v) * v
+    box = ciou * 0.05 * level_weight
+    # objectness: BCE(2, 1) for the assigned prediction, ln 2 for the others; a mean per level, balanced 4.0 (stride
+    # 8) and 1.0 (stride 16), and scaled by (32 / 640)^2 for the input size
+    obj_level0 = (31 * math.log(2) + _softplus(2) - 2) / 32
+    obj = (4.0 * obj_level0 + 1.0 * math.log(2)) * 1.0 * level_weight * (32 / 640) ** 2
+
+    def cls_bce(pos: float, neg: float) -> float:  # BCE(z, t) = softplus(z) - t z, averaged over the 3 classes
+        return (_softplus(2) - neg * 2 + _softplus(-1) + pos + _softplus(0)) / 3
+
+    for smoothing, cls in ((0.0, cls_bce(1.0, 0.0)), (0.2, cls_bce(0.9, 0.1))):
+        total, parts = YoloLoss(head, LossCfg(iou_thresh=1.0, label_smoothing=smoothing))(raw, targets)
+        expected = {"box": box, "obj": obj, "cls": cls * 0.5 * level_weight * nc / 80}
+        assert {k: v.item() for k, v in parts.items()} == pytest.approx(expected, rel=1e-5), smoothing
+        assert total.item() == pytest.approx(sum(expected.values()), rel=1e-5)  # times the batch size, 1
 
 
 def test_ignore_thresh_spares_good_guesses():

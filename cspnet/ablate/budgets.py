@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from cspnet.engine.config import TrainCfg
 from cspnet.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cspnet.engine.tasks.classify import ClassifyCfg
 
 # may differ between sittings and machines (measurements record their own settings); the rest is the recipe
 RUNTIME = ("workers", "device", "amp", "threads", "latency_batches", "latency_runs", "latency_warmup", "train_batch")
@@ -50,6 +55,21 @@ class Budget:
     def recipe(self) -> dict:
         """The settings that must match for results to be comparable (what study.json pins)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in RUNTIME and k != "name"}
+
+    def train_cfg(self, seed: int, save_dir: str) -> TrainCfg:
+        """How the engine trains one variant: the budget's fields that are TrainCfg fields (epochs, lr, ema_decay...)."""
+        return TrainCfg(**_shared(self, TrainCfg), seed=seed, save_dir=save_dir)
+
+    def classify_cfg(self, model: str, data: str) -> ClassifyCfg:
+        """What one variant trains on: the budget's fields that are ClassifyCfg fields (img, subset, scale...)."""
+        from cspnet.engine.tasks.classify import ClassifyCfg
+
+        return ClassifyCfg(model=model, data=data, **_shared(self, ClassifyCfg))
+
+
+def _shared(budget: Budget, cfg: type) -> dict:
+    names = {f.name for f in dataclasses.fields(cfg)}
+    return {k: v for k, v in dataclasses.asdict(budget).items() if k in names}
 
 
 BUDGETS = {

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from cspnet.ablate.budgets import BUDGETS, get_budget
 from cspnet.ablate.study import PARTS, StudyCfg, run_study
-from cspnet.cli_args import nonneg_int, positive_float
+from cspnet.cli_args import nonneg_int, positive_float, positive_int
+from cspnet.engine.amp import AMP_MODES
 from cspnet.errors import ConfigError, CspnetError
 
 # options passed on unchanged to the --jobs child processes
@@ -38,16 +39,6 @@ def parse_shard(text: str) -> tuple[int, int]:
     if not 0 <= i < n:
         raise argparse.ArgumentTypeError(f"bad shard {text!r}: need 0 <= I < N")
     return i, n
-
-
-def positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
 
 
 def default_parts(device: str | None) -> tuple[str, ...]:
@@ -176,7 +167,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--budget", choices=tuple(BUDGETS), default="cpu", help="smoke: seconds; cpu: CIFAR-10 on a CPU; full: ImageNet"
     )
-    p.add_argument("--seeds", type=positive, default=1, help="seeds per variant (top-1 as mean ± std)")
+    p.add_argument("--seeds", type=positive_int, default=1, help="seeds per variant (top-1 as mean ± std)")
     p.add_argument("--name", default=None, help="study folder under --project (default BASE_BUDGET)")
     p.add_argument("--project", default="runs/ablate")
     p.add_argument(
@@ -187,22 +178,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--jobs",
-        type=positive,
+        type=positive_int,
         default=1,
         help="train this many variants/seeds at once in separate processes (one GPU)",
     )
     p.add_argument("--shard", type=parse_shard, default=None, help=argparse.SUPPRESS)
     g = p.add_argument_group("budget changes (a study keeps the recipe it started with)")
-    g.add_argument("--epochs", type=positive, default=None)
+    g.add_argument("--epochs", type=positive_int, default=None)
     g.add_argument("--subset", type=nonneg_int, default=None, help="training images (0: all)")
     g.add_argument("--val-subset", type=nonneg_int, default=None, help="validation images (0: all)")
-    g.add_argument("--img", type=positive, default=None)
+    g.add_argument("--img", type=positive_int, default=None)
     g.add_argument("--small-input", action="store_const", const=True, default=None, help="stem without downsampling")
-    g.add_argument("--batch", type=positive, default=None)
+    g.add_argument("--batch", type=positive_int, default=None)
     g.add_argument("--lr", type=positive_float, default=None)
     g.add_argument("--workers", type=nonneg_int, default=None, help="data-loader processes per training")
     g.add_argument("--device", default=None, help="auto, cpu, cuda (training only; latency is always CPU)")
-    g.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default=None)
-    g.add_argument("--threads", type=positive, default=None, help="torch threads for the CPU measurements")
-    g.add_argument("--latency-runs", type=positive, default=None, help="interleaved timed runs per variant")
+    g.add_argument("--amp", choices=AMP_MODES, default=None)
+    g.add_argument("--threads", type=positive_int, default=None, help="torch threads for the CPU measurements")
+    g.add_argument("--latency-runs", type=positive_int, default=None, help="interleaved timed runs per variant")
     p.set_defaults(func=_cmd_ablate)

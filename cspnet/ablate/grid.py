@@ -20,7 +20,7 @@ ALIASES = {"gamma": "partial_ratio"}  # the paper's name for partial_ratio
 
 
 @dataclass(frozen=True)
-class Variant:
+class GridVariant:
     """One model of the grid: a registered name plus create_model overrides, under a readable label."""
 
     label: str
@@ -75,12 +75,12 @@ def forms(base: str) -> tuple[tuple[str, dict], tuple[str, dict]]:
     return (base, {}), csp
 
 
-def make_variant(base: str, spec: str) -> Variant:
-    """A grid entry as a Variant. 'plain' is the base's plain form; entries with partial_ratio=1.0 apply to the
+def make_variant(base: str, spec: str) -> GridVariant:
+    """A grid entry as a GridVariant. 'plain' is the base's plain form; entries with partial_ratio=1.0 apply to the
     plain form; other entries apply to the CSP form (the registered twin of a plain base); model=NAME picks a model."""
     (plain, plain_kw), (csp, csp_kw) = forms(base)
     if spec.strip() == PLAIN:
-        return Variant(PLAIN, plain, tuple(sorted(plain_kw.items())))
+        return GridVariant(PLAIN, plain, tuple(sorted(plain_kw.items())))
     kw = parse_spec(spec)
     label = ",".join(f"{'gamma' if k == 'partial_ratio' else k}={v}" for k, v in kw.items())
     if "model" in kw:
@@ -93,7 +93,7 @@ def make_variant(base: str, spec: str) -> Variant:
         model, extra = csp, csp_kw
     overrides = {**extra, **kw}
     _check(model, overrides, spec)
-    return Variant(label, model, tuple(sorted(overrides.items())))
+    return GridVariant(label, model, tuple(sorted(overrides.items())))
 
 
 def _check(model: str, overrides: dict, spec: str) -> None:
@@ -110,13 +110,13 @@ def _check(model: str, overrides: dict, spec: str) -> None:
         raise ConfigError(f"grid entry {spec!r}: {e}") from None
 
 
-def build_grid(base: str, specs: list[str] | None = None) -> list[Variant]:
+def build_grid(base: str, specs: list[str] | None = None) -> list[GridVariant]:
     """The plain base first, then the default grid (no specs, or 'default') and the named entries, without repeats."""
     specs = list(specs or ["default"])
     expanded: list[str] = []
     for s in specs:
         expanded += list(DEFAULT_GRID) if s.strip() == "default" else [s]
-    out: list[Variant] = [make_variant(base, PLAIN)]
+    out: list[GridVariant] = [make_variant(base, PLAIN)]
     for s in expanded:
         v = make_variant(base, s)
         same = next((o for o in out if (o.model, o.overrides) == (v.model, v.overrides)), None)

@@ -8,17 +8,16 @@ import time
 import torch
 
 from cspnet.ablate.budgets import Budget
-from cspnet.ablate.grid import Variant
-from cspnet.bench.harness import BenchConfig, build_model, machine_info, run_group
-from cspnet.bench.harness import Variant as BenchVariant
+from cspnet.ablate.grid import GridVariant
+from cspnet.bench.harness import BenchConfig, Variant, build_model, machine_info, run_group
 
 
-def bench_variant(v: Variant, budget: Budget, fused: bool) -> BenchVariant:
+def bench_variant(v: GridVariant, budget: Budget, fused: bool) -> Variant:
     overrides = {**v.kwargs(), **({"small_input": True} if budget.small_input else {})}
-    return BenchVariant(v.model, "cspnet", ("fuse",) if fused else (), tuple(sorted(overrides.items())))
+    return Variant(v.model, "cspnet", ("fuse",) if fused else (), tuple(sorted(overrides.items())))
 
 
-def measure_variants(variants: list[Variant], budget: Budget, num_classes: int) -> dict[str, dict]:
+def measure_variants(variants: list[GridVariant], budget: Budget, num_classes: int) -> dict[str, dict]:
     """Per variant (by slug): params, MACs, latency at each batch fused and unfused, a timed training step and its
     peak memory, each with its ratio to variants[0] (the plain base) from the same interleaved run. Always on the CPU."""
     if budget.threads:

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from cspnet.ablate.budgets import Budget
-from cspnet.ablate.grid import PLAIN, Variant, build_grid
-from cspnet.engine import TrainCfg, Trainer
+from cspnet.ablate.grid import PLAIN, GridVariant, build_grid
+from cspnet.engine import Trainer
 from cspnet.engine.run import RunDir, project_dir
 from cspnet.engine.tasks.classify import ClassifyCfg, ClassifyTask
 from cspnet.errors import ConfigError, InputError
@@ -82,7 +82,7 @@ class Study:
             if p not in PARTS:
                 raise ConfigError(f"unknown part {p!r}; choose from {', '.join(PARTS)}")
         self.cfg = cfg
-        self.variants: list[Variant] = build_grid(cfg.base, cfg.grid)
+        self.variants: list[GridVariant] = build_grid(cfg.base, cfg.grid)
         self.dir = project_dir(cfg.project) / cfg.name
         self.main = int(os.environ.get("RANK", 0)) == 0
         self.done: dict[str, list[str]] = {"trained": [], "resumed": [], "skipped": [], "measured": []}
@@ -106,7 +106,7 @@ class Study:
                 recipe = c.budget.recipe()
                 if c.grid is None:  # and its own variants
                     self.variants = [
-                        Variant(e["label"], e["model"], tuple(sorted(e["overrides"].items())))
+                        GridVariant(e["label"], e["model"], tuple(sorted(e["overrides"].items())))
                         for e in saved["variants"].values()
                     ]
             old = {**Budget(c.budget.name).recipe(), **saved["recipe"]}  # fields added since: their defaults
@@ -141,14 +141,14 @@ class Study:
         return saved
 
     # ---- train ------------------------------------------------------------------------------------------------------
-    def units(self) -> list[tuple[Variant, int]]:
+    def units(self) -> list[tuple[GridVariant, int]]:
         units = [(v, s) for v in self.variants for s in range(self.cfg.seeds)]
         if self.cfg.shard:
             i, n = self.cfg.shard
             units = units[i::n]
         return units
 
-    def run_dir(self, v: Variant, seed: int) -> Path:
+    def run_dir(self, v: GridVariant, seed: int) -> Path:
         return self.dir / v.slug / f"seed{seed}"
 
     def train(self) -> None:
@@ -185,7 +185,7 @@ class Study:
         prefix = dist.PrefixStore(f"cspnet_ablate_{self._groups}", store)
         dist.init_process_group("nccl" if cuda else "gloo", store=prefix, rank=rank, world_size=world)
 
-    def train_one(self, v: Variant, seed: int) -> dict:
+    def train_one(self, v: GridVariant, seed: int) -> dict:
         """Train one variant with one seed; skipped when train.json exists, resumed when last.pt does."""
         b = self.cfg.budget
         run = self.run_dir(v, seed)
@@ -199,33 +199,8 @@ class Study:
             )
         last = run / "weights" / "last.pt"
         resume = last if last.is_file() else None
-        task = VariantTask(
-            ClassifyCfg(
-                model=v.model,
-                data=str(self.cfg.data),
-                img=b.img,
-                small_input=b.small_input,
-                subset=b.subset,
-                val_subset=b.val_subset,
-                scale=b.scale,
-            ),
-            v.kwargs(),
-        )
-        tcfg = TrainCfg(
-            epochs=b.epochs,
-            batch=b.batch,
-            lr=b.lr,
-            weight_decay=b.weight_decay,
-            warmup_epochs=b.warmup_epochs,
-            cooldown_epochs=b.cooldown_epochs,
-            ema=b.ema,
-            ema_decay=b.ema_decay,
-            amp=b.amp,
-            seed=seed,
-            workers=b.workers,
-            device=b.device,
-            save_dir=str(run),
-        )
+        task = VariantTask(b.classify_cfg(v.model, str(self.cfg.data)), v.kwargs())
+        tcfg = b.train_cfg(seed=seed, save_dir=str(run))
         print(f"ablate: {'resuming' if resume else 'training'} {v.label} ({v.model} {v.kwargs()}) seed {seed} -> {run}")
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()

@@ -15,14 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from cspnet.data.detection import DetSource
-from cspnet.data.images import to_rgb
+from cspnet.data.images import load_image
 
 LOG = logging.getLogger("cspnet.data")
 FILL = 114
@@ -45,21 +44,13 @@ class AugCfg:
 
 
 def read_image(path: str, long_side: int | None = None, exif: bool = True) -> torch.Tensor:
-    """uint8 RGB (3, H, W) of an image file (cspnet.data.images.to_rgb: 16-bit scaled, grayscale replicated).
+    """uint8 RGB (3, H, W) of an image file, by cspnet.data.images.load_image (16-bit scaled, grayscale replicated).
 
-    long_side: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (PIL draft mode) while its long side stays >= it.
+    long_side: a JPEG may be decoded at reduced scale (load_image's draft) while its long side stays >= it.
     exif: apply the EXIF orientation, as viewers (and labelling tools) show the image; a record whose boxes were
     drawn on the stored pixels passes False (DetRecord.exif).
     """
-    with Image.open(path) as im:
-        if long_side and im.format == "JPEG":
-            w, h = im.size
-            k = max(w, h) / long_side
-            if k >= 2:
-                im.draft("RGB", (math.ceil(w / k), math.ceil(h / k)))
-        im.load()
-        turned = exif and im.getexif().get(0x0112, 1) not in (None, 1)  # the EXIF orientation tag
-        rgb = to_rgb(ImageOps.exif_transpose(im) if turned else im)
+    rgb = load_image(path, exif_transpose=exif, long_side=long_side)
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
 
 
@@ -153,7 +144,7 @@ def affine_crop(sample: dict, size: int, cfg: AugCfg, fill: int = FILL) -> dict:
     return make_sample(out, boxes, sample["labels"])
 
 
-def geometric(cfg: AugCfg, size: int, fill: int = FILL) -> v2.Transform:
+def geometric(cfg: AugCfg, fill: int = FILL) -> v2.Transform:
     """The random affine (rotation, translation, scale, shear) with grey fill."""
     return v2.RandomAffine(
         degrees=cfg.degrees,
@@ -187,7 +178,7 @@ class DetectionDataset(Dataset):
         self.aug = aug or AugCfg()
         self.mosaic = self.aug.mosaic if train else 0.0
         self.where = source.where
-        self._affine = geometric(self.aug, img)
+        self._affine = geometric(self.aug)
         self._photo = photometric(self.aug)
 
     @property

@@ -19,7 +19,7 @@ def _load_for_export(args: argparse.Namespace):
     if args.weights:
         sd, meta = read_checkpoint(args.weights)
         if meta is not None:  # a `cspnet <task> train` checkpoint: built as it was trained
-            from cspnet.engine.registry import load_model
+            from cspnet.engine.checkpoint import load_model
 
             if overrides:
                 raise ConfigError(f"{args.weights} records its architecture (meta); drop --override")

@@ -1,9 +1,11 @@
 """The training engine: one Trainer loop and `evaluate`, the Task and Metric protocols, and a registry of tasks."""
 
-from cspnet.engine.checkpoint import load_checkpoint, save_checkpoint
+from cspnet.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
+from cspnet.engine.config import TrainCfg
+from cspnet.engine.evaluation import evaluate
 from cspnet.engine.metrics import GatherMetric, Metric, SumMetric
 from cspnet.engine.task import Task, TaskBase
-from cspnet.engine.trainer import NonFiniteLossError, TrainCfg, Trainer, evaluate
+from cspnet.engine.trainer import NonFiniteLossError, Trainer
 
 __all__ = [
     "GatherMetric",
@@ -16,5 +18,6 @@ __all__ = [
     "Trainer",
     "evaluate",
     "load_checkpoint",
+    "load_model",
     "save_checkpoint",
 ]

@@ -1,13 +1,14 @@
-"""Checkpoints: plain dicts of tensors and primitives, written atomically, read with weights_only=True."""
+"""Checkpoints: plain dicts of tensors and primitives, written atomically, read with weights_only=True; and the
+model of a training checkpoint rebuilt by its task (`load_model`)."""
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
-import numpy as np
 import torch
+from torch import nn
 
+from cspnet.engine.task_registry import get_task
 from cspnet.errors import InputError
 from cspnet.io import atomic_write, torch_load
 
@@ -25,26 +26,24 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def rng_state() -> dict:
-    """Python, numpy, torch (and CUDA) RNG states as tensors, so weights_only loading accepts them."""
-    _, mt, pos, has_gauss, gauss = np.random.get_state()
-    state = {
-        "python": torch.tensor(random.getstate()[1], dtype=torch.int64),
-        "numpy": torch.from_numpy(mt.astype(np.int64)),
-        "numpy_pos": pos,
-        "numpy_gauss": [has_gauss, gauss],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def load_model(weights: str | Path, task: str | None = None) -> tuple[nn.Module, dict, dict]:
+    """(model in eval mode with the EMA weights when saved, its meta, the checkpoint) from a training checkpoint.
 
-
-def set_rng_state(state: dict) -> None:
-    """Restore what rng_state() saved."""
-    random.setstate((3, tuple(state["python"].tolist()), None))
-    has_gauss, gauss = state["numpy_gauss"]
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    The architecture comes from the checkpoint's meta (task.model_from_meta); the weights must fit it exactly.
+    """
+    ckpt = load_checkpoint(weights)
+    name, meta = ckpt.get("task"), ckpt.get("meta")
+    if not isinstance(name, str) or not isinstance(meta, dict) or (task and name != task):
+        want = f"`cspnet {task} train`" if task else "`cspnet <task> train`"
+        raise InputError(f"{weights} is not a {task or 'training'} checkpoint from {want} (task {name!r})")
+    model = get_task(name).task.model_from_meta(meta)
+    state = ckpt.get("model_ema") or ckpt["model"]
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as e:
+        first = str(e).strip().splitlines()
+        raise InputError(
+            f"{weights}: the weights do not fit the model its metadata describes ({first[1].strip() if len(first) > 1 else first[0]}); "
+            "the checkpoint was altered or is damaged"
+        ) from None
+    return model.eval(), meta, ckpt

@@ -13,8 +13,10 @@ from pathlib import Path
 
 from cspnet.cli_args import fraction, image_size, nonneg_float, nonneg_int, positive_float, positive_int
 from cspnet.engine import dist
-from cspnet.engine.registry import TASK_MODULES, TaskSpec, get_task
+from cspnet.engine.amp import AMP_MODES
+from cspnet.engine.config import flat_values, from_flat
 from cspnet.engine.run import RunDir, claim_run, hold_run, run_dir_of
+from cspnet.engine.task_registry import TASK_MODULES, TaskSpec, get_task
 from cspnet.engine.trainer import TrainCfg, Trainer
 from cspnet.errors import ConfigError, CspnetError, InputError
 
@@ -46,7 +48,7 @@ def add_train_args(
     p.add_argument(
         "--cooldown-epochs", type=nonneg_int, help=f"last epochs held at the final lr (default {d['cooldown_epochs']})"
     )
-    p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), help="auto (default): fp16 on CUDA, off on CPU")
+    p.add_argument("--amp", choices=AMP_MODES, help="auto (default): fp16 on CUDA, off on CPU")
     p.add_argument("--no-ema", dest="ema", action="store_const", const=False, help="no EMA of the weights")
     p.add_argument("--ema-decay", type=fraction, help=f"default {d['ema_decay']}")
     p.add_argument("--accumulate", type=positive_int, help=f"batches per optimizer step (default {d['accumulate']})")
@@ -137,7 +139,7 @@ def _init_distributed(device: str) -> None:
 def build_trainer(args: argparse.Namespace) -> tuple[Trainer, str | None]:
     """The Trainer a `<task> train` command line asks for, and the checkpoint to resume from (or None)."""
     spec: TaskSpec = args.task_spec
-    task_fields = {f.name for f in dataclasses.fields(spec.cfg)}
+    task_fields = set(flat_values(spec.cfg()))  # nested settings (DetectCfg.aug) are flat options
     given = {k: v for k, v in vars(args).items() if k in task_fields | TRAIN_FIELDS and v is not None}
     resume = None
     if args.resume:
@@ -166,12 +168,12 @@ def build_trainer(args: argparse.Namespace) -> tuple[Trainer, str | None]:
         if missing:
             raise ConfigError(f"{spec.name} train needs {' and '.join(missing)} (or --resume)")
         defaults = {**dataclasses.asdict(TrainCfg()), **spec.train_defaults}
-        values = {**defaults, **{f.name: getattr(spec.cfg(), f.name) for f in dataclasses.fields(spec.cfg)}, **given}
+        values = {**defaults, **flat_values(spec.cfg()), **given}
         _init_distributed(values["device"])
         run = _claim(args.project, args.name, args.exist_ok)
     values["save_dir"] = str(run.path)
     try:
-        task = spec.task(spec.cfg(**{k: v for k, v in values.items() if k in task_fields}))
+        task = spec.task(from_flat(spec.cfg, values))
         cfg = TrainCfg(**{k: v for k, v in values.items() if k in TRAIN_FIELDS | {"save_dir"}})
         trainer = Trainer(task, cfg, run=run)
     except BaseException:
@@ -197,7 +199,7 @@ def add_eval_args(p: argparse.ArgumentParser, data_help: str = "dataset") -> Non
     p.add_argument("--batch", type=positive_int, default=64)
     p.add_argument("--workers", type=nonneg_int, default=2)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="off")
+    p.add_argument("--amp", choices=AMP_MODES, default="off")
 
 
 def add_task_parser(sub: argparse._SubParsersAction, spec: TaskSpec) -> argparse.ArgumentParser:

@@ -16,9 +16,11 @@ from cspnet.nn.stems import PeleeStem
 STEMS = ("conv", "pelee")
 
 
-def check_input(x: torch.Tensor, in_chans: int, fix: str) -> None:
-    """One-line InputError unless `x` is an image batch (N, in_chans, H, W); `fix` says how to fix it."""
+def check_input(x: torch.Tensor, in_chans: int, fix: str | None = None) -> None:
+    """One-line InputError unless `x` is an image batch (N, in_chans, H, W); `fix` says how to fix it (default: for
+    a model from create_model)."""
     if x.dim() != 4 or x.shape[1] != in_chans:
+        fix = fix or f"pass in_chans={x.shape[1] if x.dim() == 4 else '?'} to create_model or convert the images"
         raise InputError(f"expected a batch shaped (N, {in_chans}, H, W), got {tuple(x.shape)}; {fix}")
 
 
@@ -117,8 +119,7 @@ class CspNet(nn.Module):
                 m.zero_init_last()
 
     def check_input(self, x: torch.Tensor) -> None:
-        fix = f"pass in_chans={x.shape[1] if x.dim() == 4 else '?'} to create_model or convert the images"
-        check_input(x, self.in_chans, fix)
+        check_input(x, self.in_chans)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

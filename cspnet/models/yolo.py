@@ -17,7 +17,7 @@ from torch import nn
 
 from cspnet.deploy.fuse import fuse_model
 from cspnet.errors import ConfigError, InputError
-from cspnet.models.net import CspNet, FeatureNet, ModelCfg
+from cspnet.models.net import CspNet, FeatureNet, ModelCfg, check_input
 from cspnet.models.registry import build_cfg, model_info, register_model
 from cspnet.nn.layers import ConvBNAct, check_act
 from cspnet.nn.necks import PAN, TinyBackbone, TinyNeck
@@ -256,11 +256,7 @@ class YoloDetector(nn.Module):
         return max(self.head.strides)
 
     def check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise InputError(
-                f"expected a batch shaped (N, {self.in_chans}, H, W), got {tuple(x.shape)}; "
-                f"pass in_chans={x.shape[1] if x.dim() == 4 else '?'} to create_model or convert the images"
-            )
+        check_input(x, self.in_chans)
         s = self.stride
         if x.shape[2] % s or x.shape[3] % s:
             raise InputError(

@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 
 from cspnet.cli_args import add_output, fraction, image_size, nonneg_float, positive_int
+from cspnet.engine.checkpoint import load_model
 from cspnet.engine.cli import add_eval_args
-from cspnet.engine.registry import TaskSpec, load_model, register_task
+from cspnet.engine.task_registry import TaskSpec, register_task
 from cspnet.engine.tasks.classify import ClassifyCfg, ClassifyTask
 from cspnet.errors import InputError
 from cspnet.io import atomic_write
@@ -29,7 +30,8 @@ def cmd_val(args: argparse.Namespace) -> int:
 
     from cspnet.data import eval_transform, open_split
     from cspnet.engine import dist
-    from cspnet.engine.trainer import amp_dtype, evaluate
+    from cspnet.engine.amp import amp_dtype
+    from cspnet.engine.evaluation import evaluate
 
     model, meta = load_classifier(args.weights)
     img = args.img or meta["img"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,7 +34,11 @@ if TYPE_CHECKING:
 
 @dataclass
 class DetectCfg:
-    """What to train on and how to augment and score; saved with the run's args."""
+    """What to train on and how to augment and score; saved with the run's args.
+
+    `aug` and `loss` are the data's and the loss's own settings; their fields are `train` options of the same names
+    (`--mosaic`, `--iou-thresh`), and args.yaml lists them flat (engine.config.flat_values).
+    """
 
     model: str = "yolov4-tiny"
     data: str = ""
@@ -47,21 +51,10 @@ class DetectCfg:
     subset: int | None = None  # keep the first N training images (sorted by path)
     val_subset: int | None = None
     val_split: str = "val"
-    mosaic: float = 1.0
+    aug: AugCfg = field(default_factory=AugCfg)  # training augmentation
     close_mosaic: int = 10  # last epochs without mosaic
-    degrees: float = 0.0
-    translate: float = 0.1
-    scale: float = 0.5
-    hsv_h: float = 0.0
-    hsv_s: float = 0.7
-    hsv_v: float = 0.4
-    fliplr: float = 0.5
     multi_scale: float = 0.0  # per batch, a random size in img * [1 - m, 1 + m] (0: off)
-    label_smoothing: float = 0.0
-    iou_thresh: float = 0.213
-    box: float = 0.05
-    obj: float = 1.0
-    cls: float = 0.5
+    loss: LossCfg = field(default_factory=LossCfg)
     conf: float = 0.001  # validation: score threshold and NMS IoU
     iou: float = 0.6
 
@@ -110,17 +103,7 @@ class DetectTask(TaskBase):
                     print(src.summary(split) + (f"; the first {n} used" if n is not None else ""), flush=True)
                 if n is not None:
                     src.records = sorted(src.records, key=lambda r: r.path)[:n]
-            aug = AugCfg(
-                mosaic=c.mosaic,
-                degrees=c.degrees,
-                translate=c.translate,
-                scale=c.scale,
-                hsv_h=c.hsv_h,
-                hsv_s=c.hsv_s,
-                hsv_v=c.hsv_v,
-                fliplr=c.fliplr,
-            )
-            self._train = DetectionDataset(train, c.img, train=True, aug=aug)
+            self._train = DetectionDataset(train, c.img, train=True, aug=c.aug)
             self._val = DetectionDataset(val, c.img, train=False)
         return self._train, self._val
 
@@ -209,9 +192,7 @@ class DetectTask(TaskBase):
 
     def loss(self, preds: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self._loss is None or self._loss.head is not preds["head"]:
-            c = self.cfg
-            cfg = LossCfg(box=c.box, obj=c.obj, cls=c.cls, iou_thresh=c.iou_thresh, label_smoothing=c.label_smoothing)
-            self._loss = YoloLoss(preds["head"], cfg)
+            self._loss = YoloLoss(preds["head"], self.cfg.loss)
         if preds.get("eval"):  # validation: each image's loss alone, so val/loss does not depend on the batch
             return self._loss.per_image(preds["raw"], batch["targets"])
         return self._loss(preds["raw"], batch["targets"])

@@ -17,7 +17,8 @@ import torch
 
 from cspnet.data.boxes import postprocess, unletterbox
 from cspnet.data.detection import IMG_SUFFIXES, open_detection
-from cspnet.engine.registry import TaskSpec, load_model, register_task
+from cspnet.engine.checkpoint import load_model
+from cspnet.engine.task_registry import TaskSpec, register_task
 from cspnet.engine.tasks.detect import DetectCfg, DetectTask
 from cspnet.errors import InputError
 from cspnet.io import atomic_write
@@ -49,8 +50,10 @@ def cmd_val(args: argparse.Namespace) -> int:
 
     from cspnet.data.detection_aug import DetectionDataset, detection_collate
     from cspnet.engine import dist
+    from cspnet.engine.amp import amp_dtype
+    from cspnet.engine.evaluation import evaluate
     from cspnet.engine.metrics_coco import CocoMetric
-    from cspnet.engine.trainer import ShardSampler, amp_dtype, evaluate
+    from cspnet.engine.samplers import ShardSampler
 
     model, meta = load_detector(args.weights)
     img = args.img or meta["img"]
@@ -279,19 +282,19 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subset", type=positive_int, help="train on the first N training images (sorted by path)")
     p.add_argument("--val-subset", type=positive_int, help="validate on the first N images")
     p.add_argument("--val-split", help=f"split validated each epoch (default {c.val_split})")
-    p.add_argument("--mosaic", type=fraction, help=f"mosaic probability (default {c.mosaic})")
+    p.add_argument("--mosaic", type=fraction, help=f"mosaic probability (default {c.aug.mosaic})")
     p.add_argument("--close-mosaic", type=nonneg_int, help=f"last epochs without mosaic (default {c.close_mosaic})")
-    p.add_argument("--degrees", type=nonneg_float, help=f"random rotation (default {c.degrees})")
-    p.add_argument("--translate", type=fraction, help=f"random translation (default {c.translate})")
-    p.add_argument("--scale", type=fraction, help=f"random scale +- (default {c.scale})")
-    p.add_argument("--hsv-h", type=fraction, help=f"hue jitter (default {c.hsv_h}; costs CPU time)")
-    p.add_argument("--hsv-s", type=nonneg_float, help=f"saturation jitter (default {c.hsv_s})")
-    p.add_argument("--hsv-v", type=fraction, help=f"value (brightness) jitter (default {c.hsv_v})")
-    p.add_argument("--fliplr", type=fraction, help=f"horizontal flip probability (default {c.fliplr})")
+    p.add_argument("--degrees", type=nonneg_float, help=f"random rotation (default {c.aug.degrees})")
+    p.add_argument("--translate", type=fraction, help=f"random translation (default {c.aug.translate})")
+    p.add_argument("--scale", type=fraction, help=f"random scale +- (default {c.aug.scale})")
+    p.add_argument("--hsv-h", type=fraction, help=f"hue jitter (default {c.aug.hsv_h}; costs CPU time)")
+    p.add_argument("--hsv-s", type=nonneg_float, help=f"saturation jitter (default {c.aug.hsv_s})")
+    p.add_argument("--hsv-v", type=fraction, help=f"value (brightness) jitter (default {c.aug.hsv_v})")
+    p.add_argument("--fliplr", type=fraction, help=f"horizontal flip probability (default {c.aug.fliplr})")
     p.add_argument("--multi-scale", type=fraction, help="per-batch random size in img * [1 - m, 1 + m] (default 0)")
     p.add_argument("--label-smoothing", type=fraction, help="default 0")
     p.add_argument(
-        "--iou-thresh", type=fraction, help=f"extra anchors per object above this IoU (default {c.iou_thresh})"
+        "--iou-thresh", type=fraction, help=f"extra anchors per object above this IoU (default {c.loss.iou_thresh})"
     )
     p.add_argument("--conf", type=fraction, help=f"validation score threshold (default {c.conf})")
     p.add_argument("--iou", type=fraction, help=f"validation NMS IoU (default {c.iou})")

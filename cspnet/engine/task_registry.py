@@ -1,4 +1,4 @@
-"""The task registry: `cspnet <task> train|val|predict` for every registered task, and checkpoints rebuilt by task."""
+"""The task registry: `cspnet <task> train|val|predict` for every registered task."""
 
 from __future__ import annotations
 
@@ -6,11 +6,8 @@ import argparse
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from torch import nn
-
-from cspnet.errors import ConfigError, InputError
+from cspnet.errors import ConfigError
 
 # task name -> the module whose import registers it (imported on first use, so `cspnet` starts fast)
 TASK_MODULES: dict[str, str] = {
@@ -27,7 +24,7 @@ class TaskSpec:
 
     name: str  # the sub-command and the checkpoint's "task"
     task: type  # the Task class: task(cfg), with a static model_from_meta(meta)
-    cfg: type  # dataclass of the task's settings; its fields are also `train` options of the same names
+    cfg: type  # dataclass of the task's settings; its fields (nested settings' fields inlined) are `train` options
     help: str = ""
     add_train_args: Callable[[argparse.ArgumentParser], None] | None = None  # the task's own train options
     train_defaults: dict = field(default_factory=dict)  # TrainCfg defaults for this task (lr, epochs, ...)
@@ -59,28 +56,3 @@ def get_task(name: str) -> TaskSpec:
 
 def list_tasks() -> list[str]:
     return sorted(set(TASKS) | set(TASK_MODULES))
-
-
-def load_model(weights: str | Path, task: str | None = None) -> tuple[nn.Module, dict, dict]:
-    """(model in eval mode with the EMA weights when saved, its meta, the checkpoint) from a training checkpoint.
-
-    The architecture comes from the checkpoint's meta (task.model_from_meta); the weights must fit it exactly.
-    """
-    from cspnet.engine.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(weights)
-    name, meta = ckpt.get("task"), ckpt.get("meta")
-    if not isinstance(name, str) or not isinstance(meta, dict) or (task and name != task):
-        want = f"`cspnet {task} train`" if task else "`cspnet <task> train`"
-        raise InputError(f"{weights} is not a {task or 'training'} checkpoint from {want} (task {name!r})")
-    model = get_task(name).task.model_from_meta(meta)
-    state = ckpt.get("model_ema") or ckpt["model"]
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError) as e:
-        first = str(e).strip().splitlines()
-        raise InputError(
-            f"{weights}: the weights do not fit the model its metadata describes ({first[1].strip() if len(first) > 1 else first[0]}); "
-            "the checkpoint was altered or is damaged"
-        ) from None
-    return model.eval(), meta, ckpt
