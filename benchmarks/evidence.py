@@ -40,7 +40,7 @@ def compute_rows(speed: dict | None) -> list[dict]:
         return []
     rows = {}
     for g in speed["groups"]:
-        for label, r in g["rows"].items():
+        for r in g["rows"].values():
             if r.get("twin") and r.get("ratio_vs_twin") is not None and r["name"].startswith("csp"):
                 row = rows.setdefault(r["name"], {"model": r["name"], "twin": r["twin"], "latency": {}})
                 twin = next(x for x in g["rows"].values() if x["name"] == r["twin"] and x["opts"] == r["opts"])
