@@ -54,8 +54,10 @@ def claim_compute(rows: list[dict], speed: dict | None) -> list[str]:
     if not rows:
         return ["**Not measured yet.** Command: `" + SPEED_CMD + "`.", ""]
     cuts = [1 - r["macs"] for r in rows]
-    verdict = "supported" if all(c > 0 for c in cuts) else "refuted for " + ", ".join(
-        r["model"] for r, c in zip(rows, cuts) if c <= 0
+    verdict = (
+        "supported"
+        if all(c > 0 for c in cuts)
+        else "refuted for " + ", ".join(r["model"] for r, c in zip(rows, cuts) if c <= 0)
     )
     out = [
         f"Paper: CSP cuts computation by about 10-20% (ImageNet backbones). Ours: MACs {min(cuts):.0%} to "
@@ -137,7 +139,10 @@ def claim_accuracy(cls: dict | None) -> list[str]:
     else:
         out += ["**CIFAR-10 pair to a plateau: no run has finished yet** (protocol: [protocol.md](protocol.md)).", ""]
     out += ["Earlier runs, none at a plateau (kept for the record, not evidence either way):", ""]
-    for name, path in (("CPU, usual stem, 16 epochs", "convergence"), ("GPU, small-input stem, 10 epochs", "convergence_gpu")):
+    for name, path in (
+        ("CPU, usual stem, 16 epochs", "convergence"),
+        ("GPU, small-input stem, 10 epochs", "convergence_gpu"),
+    ):
         c = _load(RES / f"{path}.json")
         if not c:
             continue

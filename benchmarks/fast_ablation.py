@@ -1,4 +1,4 @@
-"""Ablation of the fused eval path (cspnet/deploy/fuse.py): each option on top of the previous, interleaved in one process.
+"""Ablation of the fused eval path (cspnet/nn/fuse.py): each option on top of the previous, interleaved in one process.
 
 Also the torch.profiler share of non-conv ops (cat, copies, adds, activations) in the final fused path.
 

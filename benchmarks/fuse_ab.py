@@ -1,9 +1,10 @@
-"""A/B of the fused path against an earlier revision of cspnet/deploy/fuse.py, interleaved in one process.
+"""A/B of the fused path against an earlier revision of cspnet/nn/fuse.py, interleaved in one process.
 
     python benchmarks/fuse_ab.py --rev fc7cb57 cspresnet50 cspresnext50 cspdarknet53
 
-The old fuse.py is read with `git show REV:cspnet/deploy/fuse.py` and imported beside the current one; both fuse the
-same model (same weights) and are timed round-robin at batch 1, 224x224; prints the medians and new/old.
+The old fuse.py is read with `git show REV:cspnet/nn/fuse.py` (cspnet/deploy/fuse.py before it moved) and imported
+beside the current one; both fuse the same model (same weights) and are timed round-robin at batch 1, 224x224;
+prints the medians and new/old.
 """
 
 from __future__ import annotations
@@ -24,9 +25,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def old_fuse(rev: str):
-    src = subprocess.run(
-        ["git", "-C", str(REPO), "show", f"{rev}:cspnet/deploy/fuse.py"], capture_output=True, text=True, check=True
-    ).stdout
+    for where in ("cspnet/nn/fuse.py", "cspnet/deploy/fuse.py"):  # its home since, and before, the move to nn/
+        got = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:{where}"], capture_output=True, text=True)
+        if got.returncode == 0:
+            break
+    else:
+        sys.exit(f"revision {rev} has no fuse.py: {got.stderr.strip()}")
+    src = got.stdout
     path = Path(tempfile.mkdtemp()) / "fuse_old.py"
     path.write_text(src)
     spec = importlib.util.spec_from_file_location("fuse_old", path)

@@ -64,3 +64,36 @@ def test_compare_fused_keeps_the_counts(capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["fused"] is True
     assert result["models"]["cspresnet10"]["macs"] < result["models"]["resnet10"]["macs"] > 0
+
+
+def test_a_task_module_is_imported_only_when_its_command_is_parsed(monkeypatch):
+    from cspnet.cli import build_parser
+    from cspnet.engine import task_registry as registry
+
+    entry = registry.TaskModule("cspnet_no_such_task_module", "a task that is never imported")
+    monkeypatch.setitem(registry.TASK_MODULES, "ghost", entry)
+    parser = build_parser()  # lists the task without importing its module
+    assert "a task that is never imported" in parser.format_help()
+    assert parser.parse_args(["models"]).command == "models"
+    with pytest.raises(ModuleNotFoundError, match="cspnet_no_such_task_module"):
+        parser.parse_args(["ghost", "train"])
+
+
+def test_a_lazily_loaded_task_parses_as_before(monkeypatch, capsys):
+    from cspnet.cli import build_parser
+    from cspnet.engine import task_registry as registry
+    from cspnet.engine.cli import cmd_train
+
+    module = registry.TASK_MODULES["classify"].module
+    monkeypatch.delitem(registry.TASKS, "classify", raising=False)  # as in a fresh `cspnet` process
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    parser = build_parser()
+    assert "classify" not in registry.TASKS
+    args = parser.parse_args(["classify", "train", "--model", "resnet10", "--data", "d", "--epochs", "2"])
+    assert args.func is cmd_train and args.task_spec is registry.TASKS["classify"] and args.epochs == 2
+    assert args.task_spec.help == registry.TASK_MODULES["classify"].help  # one help line, from TASK_MODULES
+    monkeypatch.delitem(registry.TASKS, "classify")
+    monkeypatch.delitem(sys.modules, module)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["classify", "train", "--help"])  # help fills the parser too
+    assert "--small-input" in capsys.readouterr().out

@@ -30,6 +30,18 @@ def test_zoo_has_every_pair_from_the_paper():
         assert cspnet.model_info(csp).is_csp and not cspnet.model_info(plain).is_csp
 
 
+def test_iter_models_is_the_public_view_of_the_registry():
+    from cspnet.models import iter_models
+
+    infos = list(iter_models())
+    names = [i.name for i in infos]
+    assert names == sorted(names) and "cspresnet50" in names and "yolov4-tiny" in names  # every task by default
+    assert all(i == cspnet.model_info(i.name) for i in infos)
+    assert [i.name for i in iter_models("csp*", task="classify")] == cspnet.list_models("csp*")
+    assert {i.task for i in iter_models(task="detect")} == {"detect"}
+    assert list(iter_models("no_such_*")) == []
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_metadata_matches_measurement(name):

@@ -3,7 +3,16 @@
 from cspnet.ablate.budgets import BUDGETS, Budget, get_budget
 from cspnet.ablate.grid import GridVariant, build_grid
 from cspnet.ablate.report import write_report
-from cspnet.ablate.study import Study, StudyCfg, run_study
+
+
+def __getattr__(name: str):
+    # the study brings the training engine and torchvision: loaded on first use, so `cspnet --help` stays light
+    if name in ("Study", "StudyCfg", "run_study"):
+        from cspnet.ablate import study
+
+        return getattr(study, name)
+    raise AttributeError(f"module 'cspnet.ablate' has no attribute {name!r}")
+
 
 __all__ = [
     "BUDGETS",

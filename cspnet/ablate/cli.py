@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 from cspnet.ablate.budgets import BUDGETS, get_budget
-from cspnet.ablate.study import PARTS, StudyCfg, run_study
 from cspnet.cli_args import nonneg_int, positive_float, positive_int
 from cspnet.engine.amp import AMP_MODES
 from cspnet.errors import ConfigError, CspnetError
@@ -22,6 +21,8 @@ FORWARD += ("lr", "workers", "device", "amp")
 
 
 def parse_parts(text: str) -> tuple[str, ...]:
+    from cspnet.ablate.study import PARTS  # the study (engine, torchvision) loads only when an ablation runs
+
     parts = tuple(p.strip() for p in text.split(",") if p.strip())
     bad = [p for p in parts if p not in PARTS]
     if bad or not parts:
@@ -43,6 +44,8 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def default_parts(device: str | None) -> tuple[str, ...]:
     """Latency is measured on the CPU: a GPU box trains and reports unless --parts asks for measure."""
+    from cspnet.ablate.study import PARTS
+
     if device and device.startswith("cuda"):
         return ("train", "report")
     return PARTS
@@ -112,6 +115,8 @@ def _interrupt(signum, frame) -> None:
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
+    from cspnet.ablate.study import Study, StudyCfg, run_study
+
     signal.signal(signal.SIGTERM, _interrupt)
     budget = _budget(args)
     parts = args.parts or default_parts(budget.device)
@@ -133,8 +138,6 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     if args.jobs > 1 and "train" in parts:
         if args.shard is not None or int(os.environ.get("WORLD_SIZE", 1)) > 1:
             raise ConfigError("--jobs runs its own processes; drop --shard and do not start it under torchrun")
-        from cspnet.ablate.study import Study
-
         if not args.data:
             raise ConfigError("training needs --data PATH")
         study = Study(StudyCfg(**{**cfg.__dict__, "parts": ("train",)}))

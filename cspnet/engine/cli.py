@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from cspnet.cli_args import fraction, image_size, nonneg_float, nonneg_int, positive_float, positive_int
@@ -16,7 +17,7 @@ from cspnet.engine import dist
 from cspnet.engine.amp import AMP_MODES
 from cspnet.engine.config import flat_values, from_flat
 from cspnet.engine.run import RunDir, claim_run, hold_run, run_dir_of
-from cspnet.engine.task_registry import TASK_MODULES, TaskSpec, get_task
+from cspnet.engine.task_registry import TASK_MODULES, TASKS, TaskSpec, get_task
 from cspnet.engine.trainer import TrainCfg, Trainer
 from cspnet.errors import ConfigError, CspnetError, InputError
 
@@ -205,6 +206,11 @@ def add_eval_args(p: argparse.ArgumentParser, data_help: str = "dataset") -> Non
 def add_task_parser(sub: argparse._SubParsersAction, spec: TaskSpec) -> argparse.ArgumentParser:
     """`cspnet <task>` with train (shared options + the task's), and the task's val and predict."""
     p = sub.add_parser(spec.name, help=spec.help)
+    _fill_task_parser(p, spec)
+    return p
+
+
+def _fill_task_parser(p: argparse.ArgumentParser, spec: TaskSpec) -> None:
     p.set_defaults(task_spec=spec)
     tsub = p.add_subparsers(dest="action", required=True)
     t = tsub.add_parser("train", help=f"train a {spec.name} model (also under torchrun --nproc_per_node N)")
@@ -218,9 +224,33 @@ def add_task_parser(sub: argparse._SubParsersAction, spec: TaskSpec) -> argparse
             if add:
                 add(a)
             a.set_defaults(func=cmd)
-    return p
+
+
+def _when_used(parser: argparse.ArgumentParser, fill: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Call fill(parser) just before `parser` first parses or formats its help (argparse reaches a sub-command's
+    parser through these two methods only), so an unused sub-command costs nothing."""
+
+    def ready() -> None:
+        del parser.parse_known_args, parser.format_help  # the instance's own methods again
+        fill(parser)
+
+    def parse_known_args(*args, **kwargs):
+        ready()
+        return parser.parse_known_args(*args, **kwargs)
+
+    def format_help() -> str:
+        ready()
+        return parser.format_help()
+
+    parser.parse_known_args = parse_known_args
+    parser.format_help = format_help
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    for name in TASK_MODULES:
-        add_task_parser(sub, get_task(name))
+    """`cspnet <task>` for every built-in task; a task's module is imported only when its command line is parsed."""
+    for name, entry in TASK_MODULES.items():
+        if name in TASKS:  # already imported: nothing to save
+            add_task_parser(sub, TASKS[name])
+        else:
+            p = sub.add_parser(name, help=entry.help)
+            _when_used(p, lambda p, name=name: _fill_task_parser(p, get_task(name)))

@@ -12,7 +12,7 @@ from torch import nn
 
 from cspnet.errors import ConfigError, InputError
 from cspnet.models.net import CspNet
-from cspnet.models.registry import _REGISTRY, create_model
+from cspnet.models.registry import create_model, iter_models
 
 
 def timm_architecture(timm_model: nn.Module) -> str:
@@ -25,10 +25,11 @@ def timm_architecture(timm_model: nn.Module) -> str:
 
 
 def cspnet_name_for_timm(arch: str) -> str:
-    for name, info in _REGISTRY.items():
+    """The registered cspnet model with the same architecture as timm's `arch`."""
+    for info in iter_models():
         if info.timm_name == arch:
-            return name
-    known = sorted(i.timm_name for i in _REGISTRY.values() if i.timm_name)
+            return info.name
+    known = sorted(i.timm_name for i in iter_models() if i.timm_name)
     raise ConfigError(f"timm model {arch!r} has no cspnet equivalent; supported: {', '.join(known)}")
 
 

@@ -2,7 +2,15 @@
 
 from cspnet.models import yolo, zoo, zoo_dense  # noqa: F401  (registers the zoo)
 from cspnet.models.net import CspNet, FeatureNet, ModelCfg, StemCfg
-from cspnet.models.registry import ModelInfo, build_cfg, create_model, list_models, model_info, register_model
+from cspnet.models.registry import (
+    ModelInfo,
+    build_cfg,
+    create_model,
+    iter_models,
+    list_models,
+    model_info,
+    register_model,
+)
 
 __all__ = [
     "CspNet",
@@ -12,6 +20,7 @@ __all__ = [
     "StemCfg",
     "build_cfg",
     "create_model",
+    "iter_models",
     "list_models",
     "model_info",
     "register_model",

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cspnet.deploy.fuse import fuse_model
 from cspnet.errors import ConfigError, InputError
+from cspnet.nn.fuse import fuse_model
 from cspnet.nn.layers import ConvBNAct, check_act, make_act
 from cspnet.nn.stages import CrossStage, StageCfg
 from cspnet.nn.stems import PeleeStem
@@ -139,7 +139,7 @@ class CspNet(nn.Module):
         self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
     def fuse(self) -> CspNet:
-        """Swap in the fused inference modules (cspnet.deploy.fuse: BN folded, oneDNN calls); returns self in eval."""
+        """Swap in the fused inference modules (cspnet.nn.fuse: BN folded, oneDNN calls); returns self in eval."""
         return fuse_model(self)
 
 
@@ -180,7 +180,7 @@ class FeatureNet(nn.Module):
         return outs
 
     def fuse(self) -> FeatureNet:
-        """Swap in the fused inference modules (cspnet.deploy.fuse); returns self in eval mode.
+        """Swap in the fused inference modules (cspnet.nn.fuse); returns self in eval mode.
 
         The stem is shared with the model this view was made from, so that model's stem is fused too.
         """

@@ -6,7 +6,7 @@ import dataclasses
 import difflib
 import fnmatch
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from torch import nn
@@ -53,9 +53,17 @@ def register_model(name: str | None = None, **meta) -> Callable[[Callable[[], Mo
     return wrap
 
 
+def iter_models(pattern: str = "*", task: str | None = None) -> Iterator[ModelInfo]:
+    """The ModelInfo of every registered model whose name matches a shell-style pattern, by name; None: every task."""
+    for name in sorted(_REGISTRY):
+        info = _REGISTRY[name]
+        if fnmatch.fnmatch(name, pattern) and task in (None, info.task):
+            yield info
+
+
 def list_models(pattern: str = "*", task: str | None = "classify") -> list[str]:
     """Registered model names matching a shell-style pattern, sorted; of one task ("classify", "detect"), None: all."""
-    return sorted(n for n, i in _REGISTRY.items() if fnmatch.fnmatch(n, pattern) and task in (None, i.task))
+    return [info.name for info in iter_models(pattern, task)]
 
 
 def model_info(name: str) -> ModelInfo:

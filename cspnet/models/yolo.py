@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from cspnet.deploy.fuse import fuse_model
 from cspnet.errors import ConfigError, InputError
 from cspnet.models.net import CspNet, FeatureNet, ModelCfg, check_input
 from cspnet.models.registry import build_cfg, model_info, register_model
+from cspnet.nn.fuse import fuse_model
 from cspnet.nn.layers import ConvBNAct, check_act
 from cspnet.nn.necks import PAN, TinyBackbone, TinyNeck
 from cspnet.nn.stages import StageCfg
@@ -276,7 +276,7 @@ class YoloDetector(nn.Module):
         return self.head.decode(raws, (x.shape[2], x.shape[3]))
 
     def fuse(self) -> YoloDetector:
-        """Swap in the fused inference modules (cspnet.deploy.fuse: BN folded, oneDNN calls); returns self in eval."""
+        """Swap in the fused inference modules (cspnet.nn.fuse: BN folded, oneDNN calls); returns self in eval."""
         return fuse_model(self)
 
 

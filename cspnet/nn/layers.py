@@ -43,7 +43,7 @@ def same_padding(kernel_size: int, stride: int = 1) -> int:
 
 
 class ConvBNAct(nn.Module):
-    """Conv2d (no bias) -> BatchNorm2d -> activation; cspnet.deploy.fuse swaps it for a folded conv at deploy time."""
+    """Conv2d (no bias) -> BatchNorm2d -> activation; cspnet.nn.fuse swaps it for a folded conv at deploy time."""
 
     def __init__(
         self,

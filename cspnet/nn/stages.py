@@ -180,8 +180,7 @@ class CrossStage(nn.Module):
         x = self.conv_down(x)
         if self.split is None:
             return self.blocks(x)
-        x = self.conv_exp(x)
-        xs, xb = x.split(self.split, dim=1)
+        xs, xb = self.split_parts(x)
         xb = self.blocks(xb)
         if self.conv_transition_b is not None:
             xb = self.conv_transition_b(xb)
@@ -189,3 +188,7 @@ class CrossStage(nn.Module):
         if self.conv_transition is not None:
             x = self.conv_transition(x)
         return x
+
+    def split_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The split conv's output cut into (cross part, block part); the fused stage computes them apart."""
+        return self.conv_exp(x).split(self.split, dim=1)

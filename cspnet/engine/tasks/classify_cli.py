@@ -133,7 +133,6 @@ SPEC = register_task(
         name="classify",
         task=ClassifyTask,
         cfg=ClassifyCfg,
-        help="train, validate and predict image classifiers",
         add_train_args=add_train_args,
         resume_safe=("data",),
         add_val_args=add_val_args,

@@ -335,7 +335,6 @@ SPEC = register_task(
         name="detect",
         task=DetectTask,
         cfg=DetectCfg,
-        help="train, validate (COCO mAP) and run YOLO detectors",
         add_train_args=add_train_args,
         train_defaults={
             "lr": 0.01,
