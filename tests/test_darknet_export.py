@@ -109,3 +109,5 @@ def test_cli_export(tmp_path, capsys):
     assert "exists; pass --force" in capsys.readouterr().err
     assert main([*args, "--force"]) == 2
     assert "pass --model NAME" in capsys.readouterr().err
+    assert main(["darknet", "export", str(ckpt), str(cfg), str(ckpt), "--force"]) == 2  # never over its input
+    assert "is also the input weights" in capsys.readouterr().err

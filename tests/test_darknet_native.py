@@ -236,3 +236,21 @@ def test_cfg_text_of_a_custom_detector(tmp_path):
     dk = meta_cfg(tmp_path / "c.cfg")
     assert detector_args(dk)["anchors"] == anchors and dk.img_size == (320, 320)
     assert match_native(dk) == ("yolov4-tiny-s", {})
+
+
+@pytest.mark.slow
+def test_yolov4_conv_137_into_a_3_class_yolov4(darknet_dir, tmp_path, capsys):
+    """yolov4.conv.137: backbone and top-down neck loaded; the bottom-up path and the heads stay fresh."""
+    cfg = darknet_dir / "yolov4.cfg"
+    dk, weights = random_weights(cfg, tmp_path / "yolov4.weights")
+    ref = from_darknet(cfg, weights, verify=False)
+    part = write_weights(dk, tmp_path / "yolov4.conv.137", layers=137)
+    torch.manual_seed(3)
+    m = create_model("yolov4", num_classes=3)
+    fresh = copy.deepcopy(m)
+    load_darknet_weights(m, part)
+    assert "loaded darknet layers 0-136 (" in capsys.readouterr().out
+    for loaded in ("backbone.", "neck.top.", "neck.reduce.", "neck.lateral.", "neck.up_blocks."):
+        assert same(m, ref, loaded), loaded
+    for kept in ("neck.down.", "neck.down_blocks.", "head."):
+        assert same(m, fresh, kept), kept

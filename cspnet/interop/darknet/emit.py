@@ -24,8 +24,14 @@ from cspnet.nn.layers import ConvBNAct
 from cspnet.nn.necks import PAN, SPP, SPPCSP, CSPFuse, PlainDarkBlock, SPPBlock, TinyBackbone, TinyNeck, TinyStage
 from cspnet.nn.stages import CrossStage
 
-_ACTS = {nn.Identity: "linear", nn.ReLU: "relu", nn.Mish: "mish", nn.SiLU: "swish", nn.Sigmoid: "logistic"}
-_ACTS[nn.Tanh] = "tanh"
+_ACTS = {
+    nn.Identity: "linear",
+    nn.ReLU: "relu",
+    nn.Mish: "mish",
+    nn.SiLU: "swish",
+    nn.Sigmoid: "logistic",
+    nn.Tanh: "tanh",
+}
 
 # [yolo] training options of the authors' yolov4.cfg and (new_coords) yolov4-csp.cfg; inference ignores them
 _YOLO_TRAIN = dict(

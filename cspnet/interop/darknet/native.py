@@ -11,7 +11,10 @@ channels, and conv_transition's input channels are reordered to match.
 Detectors (yolov4, yolov4-tiny, yolov4-csp, csresnext50-panet-spp) -> the native YoloDetector: the backbone maps as
 above, the neck and head convs in the cfg's layer order (`detector_order`); classes, anchors, scale_x_y and
 new_coords come from the [yolo] layers. The native model returns the same boxes, in OpenCV's row order.
-A cfg that does not map exactly is returned as the cfg-built model, with a warning saying why.
+
+Which native model a cfg is goes by structure (match.py), not by file name: a renamed copy with other classes,
+anchors or input size (darknet's yolo-obj.cfg recipe) maps too. A cfg that does not map exactly is returned as the
+cfg-built model; one named like a native model gets a warning saying where it differs.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from cspnet.interop.darknet.weights import read_weights
 from cspnet.models import CspNet, create_model, model_info
 from cspnet.nn.layers import ConvBNAct
 
-# cfg file stem -> native model name
+# cfg file stem -> native model name: only to explain a cfg that has the name but not the structure
 NATIVE = {
     "csdarknet53": "cspdarknet53",
     "csdarknet53-omega": "cspdarknet53",
@@ -54,8 +57,6 @@ NATIVE = {
     "yolov4-csp": "yolov4-csp",
     "csresnext50-panet-spp": "cspresnext50-panet-spp",
 }
-# architecture arguments the native model needs to be the cfg's network
-NATIVE_ARGS = {"csresnet50": {"layout": "darknet"}, "csresnext50": {"layout": "darknet"}}
 
 
 def native_name(cfg: str | Path) -> str | None:
