@@ -2,6 +2,7 @@
 
 from cspnet.errors import ConfigError, CspnetError, InputError
 from cspnet.interop.darknet.native import from_darknet
+from cspnet.interop.darknet.transfer import to_darknet
 from cspnet.interop.timm import from_timm
 from cspnet.models import (
     CspNet,
@@ -47,6 +48,7 @@ __all__ = [
     "model_info",
     "register_block",
     "register_model",
+    "to_darknet",
     "torchvision_backbone",
     "torchvision_segmentation",
 ]

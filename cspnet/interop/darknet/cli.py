@@ -1,4 +1,5 @@
-"""`cspnet darknet info CFG` (layer table, params, BFLOPs) and `cspnet darknet convert CFG WEIGHTS OUT`."""
+"""`cspnet darknet info CFG` (layer table, params, BFLOPs), `cspnet darknet convert CFG WEIGHTS OUT` and
+`cspnet darknet export CHECKPOINT OUT.cfg OUT.weights` (a native model trained here, for darknet and OpenCV)."""
 
 from __future__ import annotations
 
@@ -70,8 +71,41 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_native(path: str, name: str | None = None):
+    """(model, its input size) from a training checkpoint (its meta records the architecture) or a state dict
+    with `name`."""
+    from cspnet.models import create_model, model_info
+    from cspnet.models.weights import load_into, read_checkpoint
+
+    sd, meta = read_checkpoint(path)
+    if meta is not None:
+        if name and name != meta.get("model"):
+            raise ConfigError(f"{path} was trained as {meta.get('model')}, not {name}; drop --model")
+        model = create_model(meta["model"], num_classes=meta["num_classes"], **meta.get("overrides", {}))
+        load_into(model, sd, path)
+        return model.eval(), meta.get("img")
+    if name is None:
+        raise ConfigError(f"{path} holds bare weights; pass --model NAME to say the architecture")
+    if "head.anchors" in sd:  # a detector: each prediction conv has anchors x (5 + classes) rows
+        num_classes = sd["head.preds.0.bias"].numel() // sd["head.anchors"].shape[1] - 5
+    else:
+        num_classes = sd["head.fc.weight"].shape[0] if "head.fc.weight" in sd else None
+    model = create_model(name, num_classes=num_classes)
+    load_into(model, sd, path)
+    return model.eval(), model_info(name).img_size
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from cspnet.interop.darknet.transfer import to_darknet
+
+    model, img = load_native(args.weights, args.model)
+    cfg, weights = to_darknet(model, args.cfg, args.out_weights, img=args.img or img)
+    print(f"wrote {cfg} and {weights}: {getattr(model, 'name', 'model')}, {model.num_classes} classes")
+    return 0
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("darknet", help="darknet .cfg/.weights: layer table, conversion")
+    p = sub.add_parser("darknet", help="darknet .cfg/.weights: layer table, conversion, export")
     dsub = p.add_subparsers(dest="darknet_command", required=True)
 
     q = dsub.add_parser("info", help="layer table with params and BFLOPs of a .cfg")
@@ -87,3 +121,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     q.add_argument("--generic", action="store_true", help="keep the cfg model even where a native twin exists")
     q.set_defaults(func=_cmd_convert)
+
+    q = dsub.add_parser("export", help="write a native detector or classifier as darknet .cfg + .weights")
+    q.add_argument("weights", type=existing_file, help="a `cspnet <task> train` checkpoint, or weights with --model")
+    add_output(q, "cfg", kind="file", inputs=("weights",), help="output darknet .cfg")
+    add_output(q, "out_weights", kind="file", inputs=("weights", "cfg"), help="output darknet .weights")
+    q.add_argument("--model", default=None, help="architecture of bare weights (a checkpoint records its own)")
+    q.add_argument("--img", type=image_size, default=None, help="[net] width and height (default: the training size)")
+    q.set_defaults(func=_cmd_export)

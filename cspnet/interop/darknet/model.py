@@ -216,6 +216,7 @@ class Yolo(DarkLayer):
     def __init__(self, anchors: list[tuple[float, float]], classes: int, scale_x_y: float = 1.0, new_coords: int = 0):
         super().__init__()
         self.num_anchors, self.classes = len(anchors), classes
+        self.anchor_pairs = tuple((float(w), float(h)) for w, h in anchors)  # also on the meta device
         self.scale_x_y, self.new_coords = scale_x_y, bool(new_coords)
         self.register_buffer("anchors", torch.tensor(anchors, dtype=torch.float32), persistent=False)
 

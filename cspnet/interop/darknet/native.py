@@ -11,12 +11,16 @@ channels, and conv_transition's input channels are reordered to match.
 Detectors (yolov4, yolov4-tiny, yolov4-csp, csresnext50-panet-spp) -> the native YoloDetector: the backbone maps as
 above, the neck and head convs in the cfg's layer order (`detector_order`); classes, anchors, scale_x_y and
 new_coords come from the [yolo] layers. The native model returns the same boxes, in OpenCV's row order.
-A cfg that does not map exactly is returned as the cfg-built model, with a warning saying why.
+
+Which native model a cfg is goes by structure (match.py), not by file name: a renamed copy with other classes,
+anchors or input size (darknet's yolo-obj.cfg recipe) maps too. A cfg that does not map exactly is returned as the
+cfg-built model; one named like a native model gets a warning saying where it differs.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,12 +28,24 @@ from torch import nn
 
 from cspnet.errors import ConfigError
 from cspnet.interop.darknet.cfg import parse_cfg
-from cspnet.interop.darknet.model import AvgPool, Conv, DarknetModel, Route, Softmax, Yolo
+from cspnet.interop.darknet.match import (
+    NotNative,
+    act_key,
+    candidates,
+    classifier_args,
+    detector_args,
+    emitted,
+    first_difference,
+    head_conv,
+    match_native,
+    yolo_levels,
+)
+from cspnet.interop.darknet.model import Conv, DarknetModel, Route, Yolo
 from cspnet.interop.darknet.weights import read_weights
 from cspnet.models import CspNet, create_model, model_info
 from cspnet.nn.layers import ConvBNAct
 
-# cfg file stem -> native model name
+# cfg file stem -> native model name: only to explain a cfg that has the name but not the structure
 NATIVE = {
     "csdarknet53": "cspdarknet53",
     "csdarknet53-omega": "cspdarknet53",
@@ -41,56 +57,104 @@ NATIVE = {
     "yolov4-csp": "yolov4-csp",
     "csresnext50-panet-spp": "cspresnext50-panet-spp",
 }
-# architecture arguments the native model needs to be the cfg's network
-NATIVE_ARGS = {"csresnet50": {"layout": "darknet"}, "csresnext50": {"layout": "darknet"}}
-
-
-class NotNative(ConfigError):
-    """The cfg does not map exactly onto the native model."""
 
 
 def native_name(cfg: str | Path) -> str | None:
-    """The native model a cfg file corresponds to, by its file name; None when there is none."""
+    """The native model a cfg's file name suggests (only to explain a cfg that does not match); None if none."""
     return NATIVE.get(Path(cfg).stem)
 
 
-def _act_key(act: nn.Module) -> tuple:
-    if isinstance(act, nn.LeakyReLU):
-        return ("leaky", round(act.negative_slope, 6))
-    return (type(act).__name__,)
+def why_not(dk: DarknetModel, name: str) -> str:
+    """Where the cfg first differs from the native model `name`, in words."""
+    for cand, args, kw in candidates(dk):
+        if cand == name:
+            try:
+                return first_difference(dk, emitted(cand, args, kw, dk))
+            except ConfigError as e:
+                return str(e)
+    return f"its head does not fit {name}"
 
 
-def _head_conv(dk: DarknetModel) -> int:
-    """Index of the classifier conv: [avgpool] -> 1x1 conv without BN -> optional [softmax] at the end."""
-    layers = list(dk.layers)
-    end = len(layers) - 1 if isinstance(layers[-1], Softmax) else len(layers)
-    i = end - 1
-    ok = i >= 1 and isinstance(layers[i], Conv) and isinstance(layers[i - 1], AvgPool)
-    if not ok or layers[i].conv.kernel_size != (1, 1) or layers[i].conv.bias is None:
-        raise NotNative("the cfg does not end in [avgpool] -> 1x1 [convolutional] (-> [softmax])")
-    return i
+@dataclass(frozen=True)
+class Slot:
+    """Where one cfg conv lives in the native model: module `name`, output rows [rows[0], rows[1]) of it.
+
+    kind: "bn" (a ConvBNAct), "pred" (a YOLO prediction nn.Conv2d, bias and no BN), "fc" (the classifier's
+    nn.Linear, a 1x1 conv in the cfg). perm: the native module's input channel j reads the cfg conv's input channel
+    perm[j] (a CSP transition: darknet's [route] order -> the native [cross, blocks]).
+    """
+
+    layer: int
+    name: str
+    rows: tuple[int, int]
+    kind: str = "bn"
+    perm: torch.Tensor | None = None
 
 
-def _cat_bn(dks: list[Conv]) -> dict[str, torch.Tensor]:
-    bns = [c.bn for c in dks]
-    return {
-        "conv.weight": torch.cat([c.conv.weight for c in dks], 0),
-        "bn.weight": torch.cat([b.weight for b in bns], 0),
-        "bn.bias": torch.cat([b.bias for b in bns], 0),
-        "bn.running_mean": torch.cat([b.running_mean for b in bns], 0),
-        "bn.running_var": torch.cat([b.running_var for b in bns], 0),
-        "bn.num_batches_tracked": bns[0].num_batches_tracked,
-    }
+# a cfg conv's tensors, by the names a ConvBNAct gives them
+_BN_KEYS = ("conv.weight", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var")
 
 
-def _map_convs(dk: DarknetModel, convs: list[tuple[int, Conv]], targets: list[tuple[str, nn.Module]]) -> dict:
+def darknet_tensors(layer: Conv) -> dict[str, torch.Tensor]:
+    """A cfg conv's tensors: ConvBNAct names with BN, else conv.weight and conv.bias."""
+    if isinstance(layer.bn, nn.BatchNorm2d):
+        bn = layer.bn
+        return {
+            "conv.weight": layer.conv.weight,
+            "bn.weight": bn.weight,
+            "bn.bias": bn.bias,
+            "bn.running_mean": bn.running_mean,
+            "bn.running_var": bn.running_var,
+        }
+    return {"conv.weight": layer.conv.weight, "conv.bias": layer.conv.bias}
+
+
+def native_tensors(mod: nn.Module, slot: Slot) -> dict[str, torch.Tensor]:
+    """The native module's tensors under the names darknet_tensors uses (whole, not yet cut to the slot's rows)."""
+    if slot.kind == "bn":
+        bn = mod.bn
+        return {
+            "conv.weight": mod.conv.weight,
+            "bn.weight": bn.weight,
+            "bn.bias": bn.bias,
+            "bn.running_mean": bn.running_mean,
+            "bn.running_var": bn.running_var,
+        }
+    weight = mod.weight if slot.kind == "pred" else mod.weight.view(*mod.weight.shape, 1, 1)
+    return {"conv.weight": weight, "conv.bias": mod.bias}
+
+
+@torch.no_grad()
+def to_native_slot(mod: nn.Module, slot: Slot, values: dict[str, torch.Tensor]) -> None:
+    """Copy one cfg conv's tensors (`darknet_tensors` names) into its rows of the native module."""
+    r0, r1 = slot.rows
+    for key, dst in native_tensors(mod, slot).items():
+        v = values[key]
+        if key == "conv.weight" and slot.perm is not None:
+            v = v[:, slot.perm]
+        dst[r0:r1].copy_(v.reshape(dst[r0:r1].shape))
+
+
+@torch.no_grad()
+def from_native_slot(mod: nn.Module, slot: Slot, values: dict[str, torch.Tensor]) -> None:
+    """Copy the slot's rows of the native module into one cfg conv's tensors (the inverse of to_native_slot)."""
+    r0, r1 = slot.rows
+    for key, src in native_tensors(mod, slot).items():
+        v = src[r0:r1].to(values[key])
+        if key == "conv.weight" and slot.perm is not None:
+            values[key][:, slot.perm] = v.reshape(values[key][:, slot.perm].shape)
+        else:
+            values[key].copy_(v.reshape(values[key].shape))
+
+
+def conv_plan(dk: DarknetModel, convs: list[tuple[int, Conv]], targets: list[tuple[str, nn.Module]]) -> list[Slot]:
     """Map the cfg's convs (in layer order) onto native modules (in the same order); NotNative where they differ.
 
     A CrossStage's conv_exp takes two cfg convs (cross part, block part); its conv_transition's input channels are
     reordered from darknet's [route] order to the native [cross, blocks]. A bare nn.Conv2d target (a YOLO
     prediction conv) takes a conv without BN.
     """
-    sd: dict[str, torch.Tensor] = {}
+    plan: list[Slot] = []
     k = 0
     cross = -1
     for name, mod in targets:
@@ -107,13 +171,15 @@ def _map_convs(dk: DarknetModel, convs: list[tuple[int, Conv]], targets: list[tu
                 raise NotNative(
                     f"layer {i} ({tuple(m.conv.weight.shape)}) does not fit {name} {tuple(mod.weight.shape)}"
                 )
-            sd[f"{name}.weight"], sd[f"{name}.bias"] = m.conv.weight, m.conv.bias
+            plan.append(Slot(i, name, (0, mod.out_channels), "pred"))
             continue
         if any(not isinstance(m.bn, nn.BatchNorm2d) for _, m in group):
             raise NotNative(f"layer {group[0][0]} has no batch_normalize, {name} has BN")
-        if any(_act_key(m.act) != _act_key(mod.act) for _, m in group):
+        if any(act_key(m.act) != act_key(mod.act) for _, m in group):
             raise NotNative(f"layer {group[0][0]} activation {group[0][1].act} differs from {name}'s {mod.act}")
-        entry = _cat_bn([m for _, m in group])
+        first = group[0][1].conv
+        out = sum(m.conv.out_channels for _, m in group)
+        perm = None
         if name.endswith("conv_exp"):
             cross = group[0][0]
         elif name.endswith("conv_transition"):
@@ -126,34 +192,63 @@ def _map_convs(dk: DarknetModel, convs: list[tuple[int, Conv]], targets: list[tu
                 or cross not in route.sources
             ):
                 raise NotNative(f"layer {idx} does not read a [route] of the stage's cross part and blocks")
-            w = entry["conv.weight"]
             bounds, start = {}, 0
             for s in route.sources:  # darknet's concat order -> native [cross, blocks]
                 bounds[s] = (start, start + dk.shapes[s][0])
                 start = bounds[s][1]
             (tb,) = set(route.sources) - {cross}
-            entry["conv.weight"] = torch.cat([w[:, slice(*bounds[cross])], w[:, slice(*bounds[tb])]], 1)
-        if entry["conv.weight"].shape != mod.conv.weight.shape or mod.conv.stride != group[0][1].conv.stride:
+            perm = torch.cat([torch.arange(*bounds[cross]), torch.arange(*bounds[tb])])
+        same = all(m.conv.weight.shape[1:] == first.weight.shape[1:] for _, m in group)
+        if not same or (out, *first.weight.shape[1:]) != mod.conv.weight.shape or mod.conv.stride != first.stride:
             raise NotNative(
-                f"layer {group[0][0]} ({tuple(entry['conv.weight'].shape)}, stride {group[0][1].conv.stride}) does "
+                f"layer {group[0][0]} ({(out, *first.weight.shape[1:])}, stride {first.stride}) does "
                 f"not fit {name} ({tuple(mod.conv.weight.shape)}, stride {mod.conv.stride})"
             )
-        sd.update({f"{name}.{key}": v for key, v in entry.items()})
+        row = 0
+        for i, m in group:
+            plan.append(Slot(i, name, (row, row + m.conv.out_channels), "bn", perm))
+            row += m.conv.out_channels
     if k != len(convs):
         raise NotNative(f"the cfg has {len(convs) - k} convolutions more than the native model")
+    return plan
+
+
+def plan_state_dict(dk: DarknetModel, plan: list[Slot]) -> dict[str, torch.Tensor]:
+    """The native state dict entries the plan fills, from the cfg model's tensors."""
+    sd: dict[str, torch.Tensor] = {}
+    groups: dict[str, list[Slot]] = {}
+    for slot in plan:
+        groups.setdefault(slot.name, []).append(slot)
+    for name, slots in groups.items():
+        parts = [darknet_tensors(dk.layers[s.layer]) for s in slots]
+        if slots[0].kind == "bn":
+            for key in _BN_KEYS:
+                sd[f"{name}.{key}"] = torch.cat([p[key] for p in parts], 0)
+            if slots[0].perm is not None:
+                sd[f"{name}.conv.weight"] = sd[f"{name}.conv.weight"][:, slots[0].perm]
+            sd[f"{name}.bn.num_batches_tracked"] = dk.layers[slots[0].layer].bn.num_batches_tracked
+        else:
+            p = parts[0]  # pred and fc slots take one cfg conv whole
+            w = p["conv.weight"]
+            sd[f"{name}.weight"] = w if slots[0].kind == "pred" else w.flatten(1)
+            sd[f"{name}.bias"] = p["conv.bias"]
     return sd
+
+
+def classifier_plan(dk: DarknetModel, native: CspNet) -> list[Slot]:
+    """The slots of a native classifier: its ConvBNActs in module order, then the head conv as head.fc."""
+    head = head_conv(dk)
+    convs = [(i, m) for i, m in enumerate(dk.layers) if isinstance(m, Conv) and i != head]
+    targets = [(n, m) for n, m in native.named_modules() if isinstance(m, ConvBNAct)]
+    fc = native.head.fc
+    if not isinstance(fc, nn.Linear) or fc.weight.shape != dk.layers[head].conv.weight.shape[:2]:
+        raise NotNative(f"the head conv (layer {head}) does not fit the classifier head.fc")
+    return [*conv_plan(dk, convs, targets), Slot(head, "head.fc", (0, fc.out_features), "fc")]
 
 
 def native_state_dict(dk: DarknetModel, native: CspNet) -> dict[str, torch.Tensor]:
     """Map the cfg model's tensors onto `native`'s keys; NotNative when the two are not the same network."""
-    head = _head_conv(dk)
-    convs = [(i, m) for i, m in enumerate(dk.layers) if isinstance(m, Conv) and i != head]
-    targets = [(n, m) for n, m in native.named_modules() if isinstance(m, ConvBNAct)]
-    sd = _map_convs(dk, convs, targets)
-    fc = dk.layers[head].conv
-    sd["head.fc.weight"] = fc.weight.flatten(1)
-    sd["head.fc.bias"] = fc.bias
-    return sd
+    return plan_state_dict(dk, classifier_plan(dk, native))
 
 
 def detector_order(model: nn.Module) -> list[str]:
@@ -170,8 +265,8 @@ def detector_order(model: nn.Module) -> list[str]:
     return order
 
 
-def detector_state_dict(dk: DarknetModel, native: nn.Module) -> dict[str, torch.Tensor]:
-    """Map a darknet detector's tensors onto a native YoloDetector; NotNative when they are not the same network."""
+def detector_plan(dk: DarknetModel, native: nn.Module) -> list[Slot]:
+    """The slots of a native YoloDetector: its convs in the cfg's layer order (`detector_order`)."""
     modules = list(native.named_modules())
     targets = []
     for prefix in detector_order(native):
@@ -180,27 +275,19 @@ def detector_state_dict(dk: DarknetModel, native: nn.Module) -> dict[str, torch.
                 if isinstance(m, ConvBNAct) or (n.startswith("head.preds.") and isinstance(m, nn.Conv2d)):
                     targets.append((n, m))
     convs = [(i, m) for i, m in enumerate(dk.layers) if isinstance(m, Conv)]
-    sd = _map_convs(dk, convs, targets)
+    return conv_plan(dk, convs, targets)
+
+
+def native_plan(dk: DarknetModel, native: nn.Module) -> list[Slot]:
+    """The slots of a native detector or classifier; NotNative when it is not the cfg's network."""
+    return detector_plan(dk, native) if dk.is_detector else classifier_plan(dk, native)
+
+
+def detector_state_dict(dk: DarknetModel, native: nn.Module) -> dict[str, torch.Tensor]:
+    """Map a darknet detector's tensors onto a native YoloDetector; NotNative when they are not the same network."""
+    sd = plan_state_dict(dk, detector_plan(dk, native))
     sd["head.anchors"] = native.head.anchors
     return sd
-
-
-def yolo_levels(dk: DarknetModel) -> list[int]:
-    """The cfg's [yolo] layer indices, strides ascending (largest map first)."""
-    return sorted(dk.yolo_layers, key=lambda i: -dk.shapes[i][1])
-
-
-def detector_args(dk: DarknetModel) -> dict:
-    """num_classes, anchors, scale_x_y and new_coords of a darknet detector, strides ascending."""
-    yolos = [dk.layers[i] for i in yolo_levels(dk)]
-    if len({(y.classes, y.new_coords, y.num_anchors) for y in yolos}) != 1:
-        raise NotNative("the [yolo] layers differ in classes, new_coords or anchor count")
-    return dict(
-        num_classes=yolos[0].classes,
-        anchors=tuple(tuple(map(tuple, y.anchors.tolist())) for y in yolos),
-        scale_x_y=tuple(y.scale_x_y for y in yolos),
-        new_coords=yolos[0].new_coords,
-    )
 
 
 @torch.no_grad()
@@ -228,7 +315,7 @@ def check_equal(dk: DarknetModel, native: CspNet, img: int = 64, tol: float = 1e
         d = (out - ref).abs()
         err = max((d[..., :4] / (ref[..., :4].abs() + 1)).max().item(), d[..., 4:].max().item())
     else:
-        ref = dk.forward_layers(x, keep_all=True)[_head_conv(dk)].flatten(1)
+        ref = dk.forward_layers(x, keep_all=True)[head_conv(dk)].flatten(1)
         out = native(x)
         err = ((out - ref).abs().max() / ref.abs().max().clamp_min(1e-6)).item()
     dk.train(was[0]), native.train(was[1])
@@ -251,16 +338,7 @@ def to_native(dk: DarknetModel, name: str, verify: bool = True, **overrides) -> 
     """The native model `name` carrying the cfg model's weights; NotNative when it is not the same network."""
     if model_info(name).task == "detect":
         return to_native_detector(dk, name, verify, **overrides)
-    acts = {_act_key(m.act) for i, m in enumerate(dk.layers) if isinstance(m, Conv) and i != _head_conv(dk)}
-    acts.discard(("Identity",))
-    if acts == {("leaky", 0.1)}:
-        kw = dict(act="leaky", leaky_slope=0.1)
-    elif acts == {("Mish",)}:
-        kw = dict(act="mish")
-    else:
-        raise NotNative(f"activations {sorted(acts)} have no native equivalent")
-    head = dk.layers[_head_conv(dk)].conv
-    native = create_model(name, num_classes=head.out_channels, in_chans=dk.in_chans, **kw, **overrides)
+    native = create_model(name, in_chans=dk.in_chans, **classifier_args(dk), **overrides)
     native.load_state_dict(native_state_dict(dk, native))
     if verify:
         check_equal(dk, native)
@@ -281,11 +359,17 @@ def from_darknet(
     if weights is not None:
         read_weights(dk, weights)
     dk.eval()
-    name = native_name(cfg)
-    if not native or name is None:
+    if not native:
         return dk
+    found = match_native(dk)
+    if found is None:
+        name = native_name(cfg)
+        if name is not None:  # named like a native model but built otherwise: say where it differs
+            warnings.warn(f"{cfg} is not exactly {name} ({why_not(dk, name)}); returning the cfg model", stacklevel=2)
+        return dk
+    name, args = found
     try:
-        return to_native(dk, name, verify, **NATIVE_ARGS.get(Path(cfg).stem, {})).eval()
+        return to_native(dk, name, verify, **args).eval()
     except NotNative as e:
         warnings.warn(f"{cfg} is not exactly {name} ({e}); returning the cfg model", stacklevel=2)
         return dk

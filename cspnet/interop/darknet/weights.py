@@ -102,16 +102,22 @@ def read_weights(model: DarknetModel, path: str | Path) -> DarknetHeader:
     return head
 
 
-def write_weights(model: DarknetModel, path: str | Path, header: DarknetHeader | None = None) -> Path:
-    """Write `model` as a darknet `.weights` file (atomically)."""
+def write_weights(
+    model: DarknetModel, path: str | Path, header: DarknetHeader | None = None, layers: int | None = None
+) -> Path:
+    """Write `model` as a darknet `.weights` file (atomically); `layers`: only the first N layers, as
+    `darknet partial cfg weights out N` writes them (e.g. yolov4-tiny.conv.29)."""
     header = header or DarknetHeader()
     if header.transposed:
         raise InputError("writing transposed (major or minor > 1000) .weights files is not supported; use 0.2.0")
+    if layers is not None and not 0 < layers <= len(model.layers):
+        raise InputError(f"layers={layers}: the cfg has layers 0..{len(model.layers) - 1}; pass 1..{len(model.layers)}")
 
     def write(f) -> None:
         f.write(header.pack())
-        for t in model.weight_tensors():
-            f.write(t.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4").tobytes())
+        for layer in model.layers[:layers]:
+            for t in layer.weight_tensors():
+                f.write(t.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4").tobytes())
 
     return atomic_write(path, write)
 
