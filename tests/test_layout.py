@@ -3,7 +3,7 @@
 
 The layers, bottom to top (LAYERS below; CONTRIBUTING.md says the same):
 
-    errors <- io <- nn <- models <- {interop, deploy, data} <- engine <- bench <- ablate <- cli
+    errors <- {io, hub} <- nn <- models <- {interop, deploy, data} <- engine <- bench <- ablate <- cli
 
 A module imports only from its own layer and the layers below it: never upward, and never sideways between the
 siblings interop, deploy and data. Imports inside functions count (a lazy import is still a dependency); imports
@@ -33,7 +33,7 @@ MODULES = sorted(
 
 LAYERS = (
     ("errors",),
-    ("io",),
+    ("io", "hub"),  # hub: the weights table and download cache (urllib only)
     ("nn",),
     ("models",),
     ("interop", "deploy", "data"),  # siblings: none imports another

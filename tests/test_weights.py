@@ -255,10 +255,11 @@ def test_pretrained_path_for_a_detector(tmp_path):
 
 
 def test_pretrained_true_on_a_detector_is_one_config_error():
+    # yolov4-tiny's published darknet file: tests/test_finetune_weights.py (local server)
     with pytest.raises(
-        cspnet.ConfigError, match="^pretrained=True: no pretrained weights registered for yolov4-tiny yet"
+        cspnet.ConfigError, match="^pretrained=True: no pretrained weights registered for yolov4-tiny-s"
     ):
-        cspnet.create_model("yolov4-tiny", pretrained=True)
+        cspnet.create_model("yolov4-tiny-s", pretrained=True)
     with pytest.raises(cspnet.ConfigError, match="pretrained must be True, 'timm' or a file path, not 3"):
         cspnet.create_model("yolov4-tiny-s", pretrained=3)
 
@@ -287,10 +288,8 @@ def test_darknet_weights_are_recognised_by_their_header(tmp_path, monkeypatch):
     new = write_weights(dk, tmp_path / "yolov4-tiny.conv.29")
     old = write_weights(dk, tmp_path / "old.pt", DarknetHeader(0, 1, 0, 7))
     assert sniff_format(new) == sniff_format(old) == "darknet"
-    with pytest.raises(
-        cspnet.InputError, match=r"darknet \.weights need converting first .*`cspnet darknet convert CFG "
-    ) as e:
-        cspnet.create_model("yolov4-tiny-s", pretrained=new)
+    with pytest.raises(cspnet.InputError, match=r"holds \d+ values after the header; yolov4-tiny-s needs") as e:
+        cspnet.create_model("yolov4-tiny-s", pretrained=new)  # the darknet loader: the file is for another network
     assert "\n" not in str(e.value)
     with pytest.raises(cspnet.InputError, match="is a darknet weights file: it has no tensor names"):
         read_state_dict(old)

@@ -12,19 +12,50 @@ from pathlib import Path
 
 from torch import nn
 
-from cspnet.errors import InputError
+from cspnet.errors import ConfigError
 from cspnet.interop.timm import timm_pretrained
-from cspnet.models.weights import register_pretrained_source, register_weights_format
+from cspnet.models.weights import (
+    register_pretrained_source,
+    register_published_file,
+    register_resolver,
+    register_weights_format,
+)
 
 
 def load_darknet(model: nn.Module, path: Path) -> None:
-    """Darknet `.weights` into a native cspnet model, the layout taken from the model (issue #19 plugs in the
-    reader here: interop.darknet's `load_darknet_weights(model, path)`)."""
-    raise InputError(
-        f"darknet .weights need converting first (no direct loader yet): run `cspnet darknet convert CFG {path} "
-        "OUT.safetensors` and pass OUT.safetensors"
-    )
+    """Darknet `.weights` (whole, partial `.conv.N`, or for another class count) into a native cspnet model, the
+    layout taken from the model. A detector that took darknet's whole head scores as darknet does (objectness x
+    class probability, also with one class); a fresh or retrained head scores by objectness when it has one class."""
+    from cspnet.interop.darknet import load_darknet_weights
+
+    got = load_darknet_weights(model, path)
+    head = getattr(model, "head", None)
+    whole = got["layers"] == len(darknet_layers(model)) and got["file_classes"] == getattr(model, "num_classes", None)
+    if head is not None and hasattr(head, "one_class_logit") and whole:
+        head.one_class_logit = True
+
+
+def darknet_layers(model: nn.Module) -> list:
+    from cspnet.interop.darknet.transfer import darknet_layout
+
+    return darknet_layout(model).layers
+
+
+def published_weights(info) -> Path:
+    """pretrained=True for a model whose authors published darknet weights (yolov4, yolov4-tiny, yolov4-csp): the
+    cached download of the file the weights table names for it."""
+    from cspnet import hub
+
+    entry = hub.lookup(info.name)
+    if entry is None or entry.model != info.name:
+        raise ConfigError(
+            f"pretrained=True: no pretrained weights registered for {info.name}; pass pretrained=PATH (a .safetensors, "
+            ".pt or darknet .weights file)"
+        )
+    return hub.resolve(info.name)
 
 
 register_weights_format("darknet", load_darknet)
 register_pretrained_source("timm", timm_pretrained)
+register_published_file(published_weights)
+register_resolver(lambda spec: __import__("cspnet.hub", fromlist=["resolve"]).resolve(spec))

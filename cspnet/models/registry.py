@@ -13,7 +13,7 @@ from torch import nn
 
 from cspnet.errors import ConfigError
 from cspnet.models.net import CspNet, FeatureNet, ModelCfg
-from cspnet.models.weights import load_pretrained
+from cspnet.models.weights import load_backbone, load_pretrained
 from cspnet.nn.stages import StageCfg
 
 
@@ -113,6 +113,7 @@ def create_model(
     num_classes: int | None = None,
     in_chans: int = 3,
     pretrained: str | bool | None = None,
+    pretrained_backbone: str | bool | None = None,
     features_only: bool = False,
     out_indices: tuple[int, ...] | None = None,
     **overrides,
@@ -124,6 +125,8 @@ def create_model(
     a torch checkpoint loaded with weights_only=True, darknet .weights), for classifiers and detectors alike.
     overrides: architecture fields, e.g. partial_ratio=0.25, fusion="last", act="mish", small_input=True;
     for detectors YoloCfg's, e.g. backbone="cspresnext50", width=0.5.
+    pretrained_backbone: a detector's backbone only: True/"timm" (timm's ImageNet weights of the backbone) or a
+    file of the backbone classifier's weights (e.g. a cspdarknet53 trained here); the neck and head stay fresh.
     num_classes: None = the model's default (1000 for classifiers, 80 for detectors).
     """
     info = model_info(name)
@@ -133,6 +136,10 @@ def create_model(
     num_classes = info.num_classes if num_classes is None else num_classes
     model = (info.model_cls or CspNet)(cfg, num_classes=num_classes, in_chans=in_chans)
     model.name = name
+    if pretrained_backbone:
+        if not hasattr(model, "backbone") or not isinstance(getattr(cfg, "backbone", None), str):
+            raise ConfigError(f"pretrained_backbone is for detectors; {name} is a {info.task} model (use pretrained)")
+        load_backbone(model, pretrained_backbone, cfg.backbone)
     if pretrained:
         load_pretrained(model, pretrained, info)
     return FeatureNet(model, out_indices) if features_only else model

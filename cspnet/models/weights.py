@@ -31,6 +31,8 @@ CHECKSUM_KEY = "cspnet_crc32"  # safetensors metadata: CRC-32 of the tensor byte
 WEIGHT_FORMATS: dict[str, Callable[[nn.Module, Path], None]] = {}
 # pretrained="<name>" -> fn(model info) -> state dict under cspnet names; filled by interop (e.g. "timm")
 PRETRAINED_SOURCES: dict[str, Callable[[ModelInfo], dict[str, torch.Tensor]]] = {}
+# hooks interop fills: the file of a model's published weights (pretrained=True), and a name or URL -> local file
+HOOKS: dict[str, Callable] = {}
 
 
 def register_weights_format(name: str, loader: Callable[[nn.Module, Path], None]) -> None:
@@ -41,6 +43,24 @@ def register_weights_format(name: str, loader: Callable[[nn.Module, Path], None]
 def register_pretrained_source(name: str, fetch: Callable[[ModelInfo], dict[str, torch.Tensor]]) -> None:
     """Let `create_model(..., pretrained=name)` load `fetch(model_info)`, a state dict under cspnet's names."""
     PRETRAINED_SOURCES[name] = fetch
+
+
+def register_published_file(find: Callable[[ModelInfo], Path]) -> None:
+    """Let pretrained=True load `find(model_info)`, a local (downloaded) file of the authors' weights."""
+    HOOKS["published"] = find
+
+
+def register_resolver(resolve: Callable[[str], Path]) -> None:
+    """Let weights be given as a published name or URL (`resolve` returns the cached local file)."""
+    HOOKS["resolve"] = resolve
+
+
+def _local(spec: str | Path) -> Path:
+    """A weights argument as a local file: as it is, or a published name / URL through the resolver."""
+    path = Path(spec)
+    if path.exists() or "resolve" not in HOOKS:
+        return path
+    return HOOKS["resolve"](str(spec))
 
 
 def _crc32(tensors: dict[str, torch.Tensor]) -> str:
@@ -215,7 +235,7 @@ def load_into(model: nn.Module, source: str | Path | Mapping[str, torch.Tensor],
         return _load_state(model, state, name)
     if not isinstance(source, (str, Path)):
         raise ConfigError(f"weights must be a file path or a state dict, not {type(source).__name__}")
-    path = Path(source)
+    path = _local(source)
     fmt = sniff_format(path)
     if fmt in ("safetensors", "torch"):
         return _load_state(model, read_state_dict(path), name or str(path))
@@ -229,6 +249,8 @@ def load_pretrained(model: nn.Module, pretrained: str | Path | bool, info: Model
     of a registered source ("timm"), or a file path (any format `load_into` reads)."""
     if pretrained is True:
         if not info.timm_name:
+            if "published" in HOOKS:
+                return load_into(model, HOOKS["published"](info))
             raise ConfigError(
                 f"pretrained=True: no pretrained weights registered for {info.name} yet; pass pretrained=PATH "
                 "(a .safetensors or .pt file)"
@@ -239,3 +261,31 @@ def load_pretrained(model: nn.Module, pretrained: str | Path | bool, info: Model
     if not isinstance(pretrained, (str, Path)):
         raise ConfigError(f"pretrained must be True, 'timm' or a file path, not {pretrained!r}")
     load_into(model, pretrained)
+
+
+def load_backbone(model: nn.Module, spec: str | Path | bool, backbone: str) -> None:
+    """A detector's `pretrained_backbone`: classification weights of its zoo backbone (True or "timm": timm's
+    ImageNet weights; or a file/state dict of the classifier) into `model.backbone`, the classifier's head dropped.
+    The same loader and checks as any weights: another width or architecture is one line."""
+    from cspnet.models.registry import list_models, model_info
+
+    if backbone not in list_models(task="classify"):
+        raise ConfigError(
+            f"the backbone {backbone!r} is not a zoo classifier, so it has no classification weights; start from the "
+            "whole detector's weights instead (pretrained=PATH, or a darknet partial file such as yolov4-tiny.conv.29)"
+        )
+    info = model_info(backbone)
+    if spec is True or spec == "timm":
+        if not info.timm_name or "timm" not in PRETRAINED_SOURCES:
+            raise ConfigError(f"timm has no ImageNet weights for the backbone {backbone}; pass a file of its weights")
+        state, name = PRETRAINED_SOURCES["timm"](info), f"timm weights of {backbone}"
+    elif isinstance(spec, Mapping):
+        state, name = _unwrap(spec, "the backbone state dict")[0], "the backbone state dict"
+    else:
+        path = _local(spec)
+        state, name = read_state_dict(path), str(path)
+    own = model.backbone.state_dict()
+    kept = {k: v for k, v in state.items() if k in own}  # the classifier's head and unused last stages drop out
+    if not kept:
+        raise InputError(f"{name} holds none of the {backbone} backbone's tensors; pass weights of a {backbone}")
+    _load_state(model.backbone, kept, name)

@@ -26,7 +26,7 @@ from cspnet.engine.metrics_coco import CocoMetric
 from cspnet.engine.task import TaskBase, default_param_groups
 from cspnet.engine.tasks.detect_loss import LossCfg, YoloLoss
 from cspnet.errors import ConfigError, InputError
-from cspnet.models.weights import load_into
+from cspnet.models.weights import load_backbone, load_into
 
 if TYPE_CHECKING:
     from cspnet.engine.trainer import Trainer
@@ -43,7 +43,10 @@ class DetectCfg:
     model: str = "yolov4-tiny"
     data: str = ""
     img: int = 416
-    weights: str | None = None  # initial weights (a detect checkpoint or .safetensors); another class count: fresh head
+    weights: str | None = (
+        None  # initial weights (any format load_into reads, a published name); other classes: fresh head
+    )
+    backbone_weights: str | None = None  # the backbone's classification weights: "timm" or a file (neck, head fresh)
     width: float | None = None  # model width multiplier override
     depth: float | None = None  # model depth multiplier override
     backbone: str | None = None  # another zoo backbone under the same neck and head
@@ -136,6 +139,9 @@ class DetectTask(TaskBase):
         stride = self._stride = max(model.head.strides)
         if self.cfg.img % stride:
             raise ConfigError(f"--img {self.cfg.img} is not a multiple of the model's stride {stride}")
+        if self.cfg.backbone_weights:
+            spec = self.cfg.backbone_weights
+            load_backbone(model, True if spec == "timm" else spec, model.cfg.backbone)
         if self.cfg.weights:
             load_into(model, self.cfg.weights)
         if self.cfg.auto_anchors:

@@ -272,7 +272,16 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="detector, e.g. yolov4-tiny (see `cspnet models 'yolo*'`)")
     p.add_argument("--data", help="a YOLO data.yaml, a COCO instances_*.json or a Pascal VOC folder")
     p.add_argument("--img", type=image_size_multiple(32), help=f"training and validation size (default {c.img})")
-    p.add_argument("--weights", help="initial weights; another class count keeps fresh prediction layers")
+    p.add_argument(
+        "--weights",
+        help="initial weights: a checkpoint, .safetensors, darknet .weights (also partial, e.g. yolov4-tiny.conv.29) "
+        "or a published name (yolov4-tiny, yolov4-tiny.conv.29: downloaded once into $CSPNET_HOME); another class "
+        "count keeps fresh prediction layers",
+    )
+    p.add_argument(
+        "--backbone-weights",
+        help="classification weights for the backbone only: 'timm' (timm's ImageNet weights) or a file",
+    )
     p.add_argument("--width", type=positive_float, help="model width multiplier (e.g. 0.25 for a CPU-sized model)")
     p.add_argument("--depth", type=positive_float, help="model depth multiplier")
     p.add_argument("--backbone", help="another zoo backbone under the same neck and head, e.g. darknet53")
