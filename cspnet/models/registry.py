@@ -8,6 +8,7 @@ import fnmatch
 import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch import nn
 
@@ -108,6 +109,19 @@ def build_cfg(name: str, **overrides) -> ModelCfg:
     return apply_overrides(info.build_cfg(**builder_kw), overrides)
 
 
+def load_detector_backbone(model: nn.Module, spec: str | Path | bool) -> None:
+    """Classification weights of a detector's zoo backbone into it (create_model's `pretrained_backbone`)."""
+    backbone = getattr(getattr(model, "cfg", None), "backbone", None)
+    if not hasattr(model, "backbone") or not isinstance(backbone, str):
+        raise ConfigError(f"pretrained_backbone is for detectors; {model.name} is not one (use pretrained)")
+    if backbone not in list_models(task="classify"):
+        raise ConfigError(
+            f"the backbone {backbone!r} is not a zoo classifier, so it has no classification weights; start from the "
+            "whole detector's weights instead (pretrained=PATH, or a darknet partial file such as yolov4-tiny.conv.29)"
+        )
+    load_backbone(model, spec, model_info(backbone))
+
+
 def create_model(
     name: str,
     num_classes: int | None = None,
@@ -137,9 +151,7 @@ def create_model(
     model = (info.model_cls or CspNet)(cfg, num_classes=num_classes, in_chans=in_chans)
     model.name = name
     if pretrained_backbone:
-        if not hasattr(model, "backbone") or not isinstance(getattr(cfg, "backbone", None), str):
-            raise ConfigError(f"pretrained_backbone is for detectors; {name} is a {info.task} model (use pretrained)")
-        load_backbone(model, pretrained_backbone, cfg.backbone)
+        load_detector_backbone(model, pretrained_backbone)
     if pretrained:
         load_pretrained(model, pretrained, info)
     return FeatureNet(model, out_indices) if features_only else model

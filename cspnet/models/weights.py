@@ -263,22 +263,14 @@ def load_pretrained(model: nn.Module, pretrained: str | Path | bool, info: Model
     load_into(model, pretrained)
 
 
-def load_backbone(model: nn.Module, spec: str | Path | bool, backbone: str) -> None:
-    """A detector's `pretrained_backbone`: classification weights of its zoo backbone (True or "timm": timm's
+def load_backbone(model: nn.Module, spec: str | Path | bool | Mapping, info: ModelInfo) -> None:
+    """A detector's `pretrained_backbone`: classification weights of its zoo backbone `info` (True or "timm": timm's
     ImageNet weights; or a file/state dict of the classifier) into `model.backbone`, the classifier's head dropped.
     The same loader and checks as any weights: another width or architecture is one line."""
-    from cspnet.models.registry import list_models, model_info
-
-    if backbone not in list_models(task="classify"):
-        raise ConfigError(
-            f"the backbone {backbone!r} is not a zoo classifier, so it has no classification weights; start from the "
-            "whole detector's weights instead (pretrained=PATH, or a darknet partial file such as yolov4-tiny.conv.29)"
-        )
-    info = model_info(backbone)
     if spec is True or spec == "timm":
         if not info.timm_name or "timm" not in PRETRAINED_SOURCES:
-            raise ConfigError(f"timm has no ImageNet weights for the backbone {backbone}; pass a file of its weights")
-        state, name = PRETRAINED_SOURCES["timm"](info), f"timm weights of {backbone}"
+            raise ConfigError(f"timm has no ImageNet weights for the backbone {info.name}; pass a file of its weights")
+        state, name = PRETRAINED_SOURCES["timm"](info), f"timm weights of {info.name}"
     elif isinstance(spec, Mapping):
         state, name = _unwrap(spec, "the backbone state dict")[0], "the backbone state dict"
     else:
@@ -287,5 +279,5 @@ def load_backbone(model: nn.Module, spec: str | Path | bool, backbone: str) -> N
     own = model.backbone.state_dict()
     kept = {k: v for k, v in state.items() if k in own}  # the classifier's head and unused last stages drop out
     if not kept:
-        raise InputError(f"{name} holds none of the {backbone} backbone's tensors; pass weights of a {backbone}")
+        raise InputError(f"{name} holds none of the {info.name} backbone's tensors; pass weights of a {info.name}")
     _load_state(model.backbone, kept, name)

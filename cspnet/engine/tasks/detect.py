@@ -26,7 +26,8 @@ from cspnet.engine.metrics_coco import CocoMetric
 from cspnet.engine.task import TaskBase, default_param_groups
 from cspnet.engine.tasks.detect_loss import LossCfg, YoloLoss
 from cspnet.errors import ConfigError, InputError
-from cspnet.models.weights import load_backbone, load_into
+from cspnet.models.registry import load_detector_backbone
+from cspnet.models.weights import load_into
 
 if TYPE_CHECKING:
     from cspnet.engine.trainer import Trainer
@@ -141,7 +142,7 @@ class DetectTask(TaskBase):
             raise ConfigError(f"--img {self.cfg.img} is not a multiple of the model's stride {stride}")
         if self.cfg.backbone_weights:
             spec = self.cfg.backbone_weights
-            load_backbone(model, True if spec == "timm" else spec, model.cfg.backbone)
+            load_detector_backbone(model, True if spec == "timm" else spec)
         if self.cfg.weights:
             load_into(model, self.cfg.weights)
         if self.cfg.auto_anchors:
