@@ -146,7 +146,7 @@ class DetectTask(TaskBase):
         """k-means (1 - IoU) anchors of the training boxes at the letterboxed training size; saved with the weights."""
         import numpy as np
 
-        from cspnet.models.yolo import kmeans_anchors
+        from cspnet.data.boxes import kmeans_anchors
 
         src, img = self.datasets()[0].source, self.cfg.img
         wh = [r.boxes[:, 2:] - r.boxes[:, :2] for r in src.records if len(r.boxes)]
