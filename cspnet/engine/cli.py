@@ -141,45 +141,52 @@ def build_trainer(args: argparse.Namespace) -> tuple[Trainer, str | None]:
     spec: TaskSpec = args.task_spec
     task_fields = set(flat_values(spec.cfg()))  # nested settings (DetectCfg.aug) are flat options
     given = {k: v for k, v in vars(args).items() if k in task_fields | TRAIN_FIELDS and v is not None}
-    resume = None
-    if args.resume:
-        from cspnet.engine.checkpoint import load_checkpoint
+    if not args.resume:
+        return new_trainer(spec, given, args.project, args.name, args.exist_ok), None
+    from cspnet.engine.checkpoint import load_checkpoint
 
-        if args.resume == "last":
-            if not args.name:
-                raise ConfigError("--resume needs --name RUN (or --resume PATH/TO/last.pt)")
-            resume = Path(args.project) / args.name / "weights" / "last.pt"
-            if not resume.is_file():
-                raise ConfigError(
-                    f"{resume} not found: run {args.name!r} has no checkpoint to resume; start it anew with "
-                    "--exist-ok, or pick another --name"
-                )
-        else:
-            resume = Path(args.resume)
-        ckpt = load_checkpoint(resume)
-        if ckpt.get("task") != spec.name or not isinstance(ckpt.get("args"), dict):
-            raise InputError(f"{resume} is not a checkpoint of `cspnet {spec.name} train`; pass its last.pt")
-        values = _resume_values(spec, resume, ckpt, given)
-        _init_distributed(values["device"])
-        folder = run_dir_of(resume)
-        run = hold_run(folder) if dist.is_main() else _Elsewhere(folder)
+    if args.resume == "last":
+        if not args.name:
+            raise ConfigError("--resume needs --name RUN (or --resume PATH/TO/last.pt)")
+        resume = Path(args.project) / args.name / "weights" / "last.pt"
+        if not resume.is_file():
+            raise ConfigError(
+                f"{resume} not found: run {args.name!r} has no checkpoint to resume; start it anew with "
+                "--exist-ok, or pick another --name"
+            )
     else:
-        missing = [_flag(k) for k in spec.required if k not in given]
-        if missing:
-            raise ConfigError(f"{spec.name} train needs {' and '.join(missing)} (or --resume)")
-        defaults = {**dataclasses.asdict(TrainCfg()), **spec.train_defaults}
-        values = {**defaults, **flat_values(spec.cfg()), **given}
-        _init_distributed(values["device"])
-        run = _claim(args.project, args.name, args.exist_ok)
-    values["save_dir"] = str(run.path)
+        resume = Path(args.resume)
+    ckpt = load_checkpoint(resume)
+    if ckpt.get("task") != spec.name or not isinstance(ckpt.get("args"), dict):
+        raise InputError(f"{resume} is not a checkpoint of `cspnet {spec.name} train`; pass its last.pt")
+    values = _resume_values(spec, resume, ckpt, given)
+    _init_distributed(values["device"])
+    folder = run_dir_of(resume)
+    run = hold_run(folder) if dist.is_main() else _Elsewhere(folder)
+    return _trainer(spec, values, run), str(resume)
+
+
+def new_trainer(spec: TaskSpec, given: dict, project: str, name: str | None, exist_ok: bool = False) -> Trainer:
+    """A Trainer for a new run of `given` flat settings (task and TrainCfg fields) in a freshly claimed run folder:
+    `<task> train` and `cspnet.Model.train` both start here."""
+    missing = [_flag(k) for k in spec.required if k not in given]
+    if missing:
+        raise ConfigError(f"{spec.name} train needs {' and '.join(missing)} (or --resume)")
+    defaults = {**dataclasses.asdict(TrainCfg()), **spec.train_defaults}
+    values = {**defaults, **flat_values(spec.cfg()), **given}
+    _init_distributed(values["device"])
+    return _trainer(spec, values, _claim(project, name, exist_ok))
+
+
+def _trainer(spec: TaskSpec, values: dict, run: RunDir | _Elsewhere) -> Trainer:
+    values = {**values, "save_dir": str(run.path)}
     try:
         task = spec.task(from_flat(spec.cfg, values))
         cfg = TrainCfg(**{k: v for k, v in values.items() if k in TRAIN_FIELDS | {"save_dir"}})
-        trainer = Trainer(task, cfg, run=run)
+        return Trainer(task, cfg, run=run)
     except BaseException:
         run.release(keep=False)
         raise
-    return trainer, (str(resume) if resume else None)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

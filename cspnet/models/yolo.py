@@ -405,4 +405,3 @@ def yolov4_darknet53_s() -> YoloCfg:
 @_register("yolov4-tiny-s", params_m=1.565, gmacs=0.889, paper="yolov4-tiny at width 0.5 (CPU-sized)")
 def yolov4_tiny_s() -> YoloCfg:
     return dataclasses.replace(yolov4_tiny(), width=0.5)
-

@@ -14,6 +14,7 @@ from cspnet.engine.metrics import SumMetric
 from cspnet.engine.task import TaskBase
 from cspnet.errors import InputError
 from cspnet.models import create_model
+from cspnet.models.img_size import check_img_size, stride_of
 
 MAX_CLASSES = 1_000_000  # a checkpoint claiming more is damaged or tampered with
 
@@ -105,6 +106,7 @@ class ClassifyTask(TaskBase):
     def datasets(self) -> tuple[ImageDataset, ImageDataset]:
         if self._train is None:
             c = self.cfg
+            check_img_size(c.img, stride_of(c.model, **self.overrides()))  # the rule of every command, before the data
             self._train = open_split(c.data, "train", train_transform(c.img, c.scale, randaugment=c.randaugment))
             self._val = open_split(c.data, "val", eval_transform(c.img))
             if len(self._train.classes) < 2:
@@ -125,8 +127,11 @@ class ClassifyTask(TaskBase):
     def classes(self) -> list[str]:
         return self.datasets()[0].classes
 
+    def overrides(self) -> dict:
+        return {"small_input": True} if self.cfg.small_input else {}
+
     def meta(self) -> dict:
-        overrides = {"small_input": True} if self.cfg.small_input else {}
+        overrides = self.overrides()
         return {
             "model": self.cfg.model,
             "num_classes": len(self.classes),

@@ -26,6 +26,7 @@ from cspnet.engine.metrics_coco import CocoMetric
 from cspnet.engine.task import TaskBase, default_param_groups
 from cspnet.engine.tasks.detect_loss import LossCfg, YoloLoss
 from cspnet.errors import ConfigError, InputError
+from cspnet.models.img_size import check_img_size, model_stride, stride_of
 from cspnet.models.weights import load_into
 
 if TYPE_CHECKING:
@@ -91,6 +92,8 @@ class DetectTask(TaskBase):
     def datasets(self) -> tuple[DetectionDataset, DetectionDataset]:
         if self._train is None:
             c = self.cfg
+            # the size rule before any data is read: a bad --img fails in a moment, with the message of every command
+            self._stride = check_img_size(c.img, stride_of(c.model, **c.overrides()))
             if not c.data:
                 raise ConfigError("detect needs --data: a data.yaml, a COCO .json or a Pascal VOC folder")
             train, val = open_detection(c.data, "train"), open_detection(c.data, c.val_split)
@@ -133,9 +136,7 @@ class DetectTask(TaskBase):
 
     def build_model(self) -> nn.Module:
         model = self.model_from_meta(self.meta())
-        stride = self._stride = max(model.head.strides)
-        if self.cfg.img % stride:
-            raise ConfigError(f"--img {self.cfg.img} is not a multiple of the model's stride {stride}")
+        self._stride = model_stride(model)  # cfg.img was checked against it in datasets()
         if self.cfg.weights:
             load_into(model, self.cfg.weights)
         if self.cfg.auto_anchors:
