@@ -82,7 +82,11 @@ ROWS: list[tuple[list[str], int, str]] = [
     (["export", "--weights", "{file}"], 2, "cannot read"),
     (["export", "--weights", "{pickle_st}"], 2, "--weights needs --model NAME"),  # a torch file, whatever its name
     (["export", "--model", "nosuch"], 2, "unknown model"),
-    (["export", "--model", "yolov4-tiny", "--img", "100"], 2, "not a multiple of the stride 32"),
+    (
+        ["export", "--model", "yolov4-tiny", "--img", "100"],
+        2,
+        "--img 100 is not a multiple of the model's stride 32; use 96 or 128",
+    ),
     # darknet info / convert
     (["darknet", "info", "{missing}"], 2, "not found"),
     (["darknet", "info", "{dir}"], 2, "is a folder"),

@@ -14,7 +14,6 @@ Keyword options are the command's options with `_` for `-` (`warmup_epochs=1` is
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -83,9 +82,11 @@ class Model:
         epoch's metrics; the run folder is project/name (default runs/<task>/exp, exp2, ...).
         """
         from cspnet.engine.cli import TRAIN_FIELDS, new_trainer
+        from cspnet.engine.config import flat_values
 
+        options = {k: v for k, v in options.items() if v is not None}  # None: the default, as an option not given
         spec = get_task(self.task)
-        fields = ({f.name for f in dataclasses.fields(spec.cfg)} | TRAIN_FIELDS) - {"model", "data"}
+        fields = (set(flat_values(spec.cfg())) | TRAIN_FIELDS) - {"model", "data"}  # the flat option names
         unknown = sorted(set(options) - fields)
         if unknown:
             raise ConfigError(
