@@ -93,7 +93,8 @@ class DetectTask(TaskBase):
         if self._train is None:
             c = self.cfg
             # the size rule before any data is read: a bad --img fails in a moment, with the message of every command
-            self._stride = check_img_size(c.img, stride_of(c.model, **c.overrides()))
+            self._stride = stride_of(c.model, **c.overrides())
+            check_img_size(c.img, self._stride)
             if not c.data:
                 raise ConfigError("detect needs --data: a data.yaml, a COCO .json or a Pascal VOC folder")
             train, val = open_detection(c.data, "train"), open_detection(c.data, c.val_split)
