@@ -106,7 +106,8 @@ class ClassifyTask(TaskBase):
     def datasets(self) -> tuple[ImageDataset, ImageDataset]:
         if self._train is None:
             c = self.cfg
-            check_img_size(c.img, stride_of(c.model, **self.overrides()))  # the rule of every command, before the data
+            small = {"small_input": True} if c.small_input else {}
+            check_img_size(c.img, stride_of(c.model, **small))  # the size rule of every command, before the data
             self._train = open_split(c.data, "train", train_transform(c.img, c.scale, randaugment=c.randaugment))
             self._val = open_split(c.data, "val", eval_transform(c.img))
             if len(self._train.classes) < 2:
@@ -127,11 +128,8 @@ class ClassifyTask(TaskBase):
     def classes(self) -> list[str]:
         return self.datasets()[0].classes
 
-    def overrides(self) -> dict:
-        return {"small_input": True} if self.cfg.small_input else {}
-
     def meta(self) -> dict:
-        overrides = self.overrides()
+        overrides = {"small_input": True} if self.cfg.small_input else {}
         return {
             "model": self.cfg.model,
             "num_classes": len(self.classes),
