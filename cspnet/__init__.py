@@ -18,11 +18,17 @@ from cspnet.nn import ConvBNAct, CrossStage, StageCfg, register_block
 
 __version__ = "0.1.0"
 
-_LAZY = {"torchvision_backbone": "cspnet.interop.torchvision", "torchvision_segmentation": "cspnet.interop.torchvision"}
+_LAZY = {
+    "torchvision_backbone": "cspnet.interop.torchvision",
+    "torchvision_segmentation": "cspnet.interop.torchvision",
+    "Model": "cspnet.engine.api",
+    "Predictor": "cspnet.engine.predict",
+}
 
 
 def __getattr__(name: str):
-    # torchvision's detection and segmentation modules take seconds to import: load them on first use
+    # torchvision's detection and segmentation modules take seconds to import, and the training engine (behind
+    # Model and Predictor) is not needed to build a model: load them on first use
     if name in _LAZY:
         import importlib
 
@@ -37,7 +43,9 @@ __all__ = [
     "CspNet",
     "CspnetError",
     "InputError",
+    "Model",
     "ModelCfg",
+    "Predictor",
     "StageCfg",
     "StemCfg",
     "build_cfg",

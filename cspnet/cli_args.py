@@ -1,7 +1,8 @@
 """argparse types shared by every `cspnet` sub-command: a bad value is refused at parse time, in one line.
 
-Numbers: positive_int, nonneg_int, positive_float, nonneg_float, fraction ([0, 1]), image_size,
-image_size_multiple(32). Paths: existing_file, existing_dir, existing_path. Overrides: key_value (KEY=VALUE).
+Numbers: positive_int, nonneg_int, positive_float, nonneg_float, fraction ([0, 1]), image_size (positive; the
+stride rule needs the model: cspnet.models.img_size.check_img_size). Paths: existing_file, existing_dir,
+existing_path. Overrides: key_value (KEY=VALUE).
 Outputs: add_output(parser, "--out", ...) adds the argument and its --force (or --exist-ok) flag; cspnet.cli.main
 calls check_outputs(args) right after parsing, so an existing output is refused before any work starts.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable
 from pathlib import Path
 
 from cspnet.errors import ConfigError
@@ -74,20 +74,6 @@ def image_size(s: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"image size must be a positive number of pixels, got {s!r}")
     return v
-
-
-def image_size_multiple(multiple: int) -> Callable[[str], int]:
-    """An image size that is a positive multiple of `multiple` (e.g. 32 for a stride-32 detector)."""
-
-    def parse(s: str) -> int:
-        v = image_size(s)
-        if v % multiple:
-            lo = max(multiple, v // multiple * multiple)
-            raise argparse.ArgumentTypeError(f"image size must be a multiple of {multiple}, got {v}; try {lo}")
-        return v
-
-    parse.__name__ = f"image_size_multiple_of_{multiple}"
-    return parse
 
 
 def existing_file(s: str) -> str:

@@ -7,12 +7,8 @@ python examples/finetune_classifier.py --data DATA --model cspresnet50 --weights
 import argparse
 from pathlib import Path
 
-import torch
-
-from cspnet.data import eval_transform, open_split
-from cspnet.engine import TrainCfg, Trainer
-from cspnet.engine.checkpoint import load_model
-from cspnet.engine.tasks.classify import ClassifyCfg, ClassifyTask
+from cspnet import Model
+from cspnet.data import open_split
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("--data", required=True, help="image folder or zip with train/ and val/ splits")
@@ -27,21 +23,29 @@ p.add_argument("--workers", type=int, default=2, help="data loader processes")
 p.add_argument("--out", default="runs/finetune", help="run folder (weights/best.pt, results.csv, plots)")
 args = p.parse_args()
 
-# small images (CIFAR-sized) keep their resolution: no stride in the stem
-task = ClassifyTask(
-    ClassifyCfg(args.model, args.data, args.img, args.img <= 64, args.subset, args.subset, weights=args.weights)
+# the same as `cspnet classify train ...`; small images (CIFAR-sized) keep their resolution: no stride in the stem
+model = Model(args.model)
+out = Path(args.out)
+metrics = model.train(
+    data=args.data,
+    img=args.img,
+    small_input=args.img <= 64,
+    subset=args.subset,
+    val_subset=args.subset,
+    weights=args.weights,
+    epochs=args.epochs,
+    batch=args.batch,
+    lr=args.lr,
+    warmup_epochs=min(1, args.epochs - 1),
+    workers=args.workers,
+    project=out.parent,
+    name=out.name,
+    exist_ok=True,
 )
-cfg = TrainCfg(
-    epochs=args.epochs, batch=args.batch, lr=args.lr, warmup_epochs=min(1, args.epochs - 1), save_dir=args.out
-)
-metrics = Trainer(task, cfg).fit()
 print({k: round(v, 3) for k, v in metrics.items() if isinstance(v, float)})
 
-# the best checkpoint, rebuilt from its own metadata: predict the first validation images
-model, meta, _ = load_model(Path(args.out) / "weights" / "best.pt", "classify")
-val = open_split(args.data, "val", eval_transform(meta["img"]))
-images = torch.stack([val[i][0] for i in range(min(4, len(val)))])
-with torch.inference_mode():
-    probs = model(images).softmax(1)
-for i, (conf, idx) in enumerate(zip(*probs.max(1))):
-    print(f"val image {i}: {meta['classes'][idx]} ({conf:.2f}), true {val.classes[val[i][1]]}")
+# `model` now holds the run's best.pt: predict the first validation images
+val = open_split(args.data, "val")  # (PIL image, class index) pairs
+first = [val[i] for i in range(min(4, len(val)))]
+for i, (r, (_, true)) in enumerate(zip(model.predict([im for im, _ in first], topk=1), first)):
+    print(f"val image {i}: {r.labels[0]} ({float(r.scores[0]):.2f}), true {val.classes[true]}")

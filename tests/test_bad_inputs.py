@@ -82,7 +82,11 @@ ROWS: list[tuple[list[str], int, str]] = [
     (["export", "--weights", "{file}"], 2, "cannot read"),
     (["export", "--weights", "{pickle_st}"], 2, "--weights needs --model NAME"),  # a torch file, whatever its name
     (["export", "--model", "nosuch"], 2, "unknown model"),
-    (["export", "--model", "yolov4-tiny", "--img", "100"], 2, "not a multiple of the stride 32"),
+    (
+        ["export", "--model", "yolov4-tiny", "--img", "100"],
+        2,
+        "--img 100 is not a multiple of the model's stride 32; use 96 or 128",
+    ),
     # darknet info / convert
     (["darknet", "info", "{missing}"], 2, "not found"),
     (["darknet", "info", "{dir}"], 2, "is a folder"),
@@ -158,7 +162,7 @@ ROWS: list[tuple[list[str], int, str]] = [
         for flag, value, frag in [
             ("--img", "0", IMG),
             ("--img", "-32", IMG),
-            ("--img", "100", "multiple of 32, got 100; try 96"),
+            ("--img", "100", "--img 100 is not a multiple of the model's stride 32; use 96 or 128"),
             ("--epochs", "0", NUM),
             ("--batch", "0", NUM),
             ("--subset", "0", NUM),
@@ -307,13 +311,12 @@ def test_end_to_end_bad_inputs_in_a_subprocess(tmp_path):
 def test_argument_types():
     import argparse
 
-    from cspnet.cli_args import fraction, image_size_multiple, key_value
+    from cspnet.cli_args import fraction, key_value
 
     assert key_value("stage_depths=[1, 2]") == ("stage_depths", [1, 2]) and key_value("act=mish") == ("act", "mish")
-    assert fraction("0") == 0.0 and fraction("1") == 1.0 and image_size_multiple(32)("64") == 64
+    assert fraction("0") == 0.0 and fraction("1") == 1.0
     for fn, bad, msg in [
         (fraction, "1.5", "in [0, 1]"),
-        (image_size_multiple(32), "100", "multiple of 32, got 100; try 96"),
     ]:
         with pytest.raises(argparse.ArgumentTypeError, match=re.escape(msg)):
             fn(bad)

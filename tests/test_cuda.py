@@ -96,3 +96,23 @@ def test_torchrun_sync_bn_nccl(tmp_path):
     r = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "ddp" / "weights" / "last.pt").is_file()
+
+
+def test_predictor_on_cuda_gives_the_cpu_boxes():
+    from cspnet.engine.predict import Predictor
+    from cspnet.engine.tasks.detect import DetectTask
+
+    torch.backends.cudnn.allow_tf32 = False
+    meta = {"model": "yolov4-tiny", "num_classes": 3, "classes": list("abc"), "img": 96, "overrides": {"width": 0.25}}
+    model = DetectTask.model_from_meta(meta)
+    calibrate_bn(model, torch.rand(4, 3, 96, 96))
+    with torch.no_grad():
+        for pred in model.head.preds:
+            pred.bias.view(model.head.num_anchors, -1)[:, 4] = 0.0  # objectness 0.5: some boxes to compare
+    images = [torch.randint(0, 256, (3, 60 + 9 * i, 90), dtype=torch.uint8) for i in range(4)]
+    cpu = Predictor(model, meta, conf=0.2, fuse=False, device="cpu")(images)
+    gpu = Predictor(model, meta, conf=0.2, batch=3, device="cuda")(images)  # fused, batched
+    assert sum(len(r) for r in cpu) > 0
+    for a, b in zip(cpu, gpu):
+        assert a.classes.tolist() == b.classes.tolist() and b.boxes.device.type == "cpu"
+        torch.testing.assert_close(a.boxes, b.boxes, atol=1e-2, rtol=0)

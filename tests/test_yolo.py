@@ -10,11 +10,12 @@ import torch
 
 from cspnet import create_model, from_darknet, list_models, model_info
 from cspnet.bench.measure import count_macs, count_params
+from cspnet.data.boxes import kmeans_anchors
 from cspnet.errors import ConfigError, InputError
 from cspnet.interop.darknet.model import DarknetModel
 from cspnet.interop.darknet.native import darknet_boxes
 from cspnet.interop.darknet.weights import random_weights
-from cspnet.models.yolo import YoloDetector, kmeans_anchors
+from cspnet.models.yolo import YoloDetector
 from cspnet.nn.bn import calibrate_bn
 from cspnet.nn.layers import ConvBNAct
 

@@ -1,9 +1,12 @@
-"""Box helpers for detection: NMS post-processing (torchvision batched_nms) and mapping letterboxed boxes back."""
+"""Box helpers for detection: NMS post-processing (torchvision batched_nms), mapping letterboxed boxes back, and
+the shape IoU behind anchor assignment and k-means anchors."""
 
 from __future__ import annotations
 
 import torch
 from torchvision.ops import batched_nms, box_convert
+
+from cspnet.errors import InputError
 
 
 def postprocess(
@@ -53,3 +56,29 @@ def wh_iou(wh1: torch.Tensor, wh2: torch.Tensor) -> torch.Tensor:
     """IoU of boxes given only as (w, h), aligned at a common centre: (M, 2) x (K, 2) -> (M, K)."""
     inter = torch.minimum(wh1[:, None], wh2[None]).prod(-1)
     return inter / (wh1.prod(-1)[:, None] + wh2.prod(-1)[None] - inter)
+
+
+def kmeans_anchors(wh: torch.Tensor, n: int = 9, img_size: int = 416, iters: int = 100, seed: int = 0) -> torch.Tensor:
+    """Anchors for a dataset: k-means on box (w, h) with distance 1 - wh_iou (boxes sharing a centre), as darknet's
+    calc_anchors. `wh` in pixels of the training size `img_size` (or normalised to [0, 1], then scaled by it).
+    Returns (n, 2) sorted by area; split it per level (e.g. `.view(3, 3, 2)`).
+    """
+    wh = torch.as_tensor(wh, dtype=torch.float64).reshape(-1, 2)
+    wh = wh[(wh > 0).all(1)]
+    if len(wh) < n:
+        raise InputError(f"k-means anchors need at least {n} boxes with positive size, got {len(wh)}")
+    if wh.max() <= 1.0:
+        wh = wh * img_size
+    g = torch.Generator().manual_seed(seed)
+    centers = wh[torch.randperm(len(wh), generator=g)[:n]].clone()
+    assign = None
+    for _ in range(iters):
+        new = wh_iou(wh, centers).argmax(1)
+        if assign is not None and torch.equal(new, assign):
+            break
+        assign = new
+        for k in range(n):
+            members = wh[assign == k]
+            if len(members):
+                centers[k] = members.mean(0)
+    return centers[centers.prod(1).argsort()].float()

@@ -50,12 +50,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(f"{name}{SUFFIX[args.format]}")
     if not args.out:
         check_output(out, "file", args.force, "--force", "output")
-    img = args.img or img
-    if callable(getattr(model, "check_input", None)):  # e.g. a detector's stride: one line, not a tracer error
-        import torch
-
-        model.check_input(torch.zeros(1, getattr(model, "in_chans", 3), img, img))
-    report = export(model, out, args.format, img_size=img, atol=args.atol, runs=args.runs)
+    report = export(model, out, args.format, img_size=args.img or img, atol=args.atol, runs=args.runs)
     print(json.dumps(report, indent=2) if args.json else _export_line(report))
     return 0
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from cspnet.errors import ConfigError, InputError
+from cspnet.models.img_size import check_img_size, model_stride
 
 FORMATS = ("onnx", "torchscript")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -99,6 +100,7 @@ def export(
 
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    check_img_size(img_size, model_stride(model))
     model = prepare(model, fuse)
     in_chans = getattr(model, "in_chans", 3)
     example = torch.randn(batch, in_chans, img_size, img_size)

@@ -8,21 +8,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from cspnet.cli_args import fraction, image_size, nonneg_float, nonneg_int, positive_float, positive_int
-from cspnet.engine import dist
 from cspnet.engine.amp import AMP_MODES
-from cspnet.engine.config import flat_values, from_flat
-from cspnet.engine.run import RunDir, claim_run, hold_run, run_dir_of
+from cspnet.engine.config import flat_values
+from cspnet.engine.launch import RESUME_SAFE, TRAIN_FIELDS, option_flag, new_trainer, resume_trainer
 from cspnet.engine.task_registry import TASK_MODULES, TASKS, TaskSpec, get_task
 from cspnet.engine.trainer import TrainCfg, Trainer
-from cspnet.errors import ConfigError, CspnetError, InputError
-
-TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainCfg)} - {"save_dir"}
-RESUME_SAFE = ("epochs", "workers", "device")  # TrainCfg fields a --resume may change
+from cspnet.errors import ConfigError, InputError
 
 
 # ---- train ------------------------------------------------------------------------------------------------------
@@ -73,68 +68,8 @@ def add_train_args(
         const="last",
         default=None,
         help="continue --name's last.pt, or PATH/TO/last.pt (the run folder is where that file is now); "
-        f"{', '.join(_flag(k) for k in (*RESUME_SAFE, *resume_safe))} may change, other options must match the run",
+        f"{', '.join(option_flag(k) for k in (*RESUME_SAFE, *resume_safe))} may change, other options must match the run",
     )
-
-
-def _flag(k: str) -> str:
-    return "--" + k.replace("_", "-")
-
-
-def _resume_values(spec: TaskSpec, ckpt_path: Path, ckpt: dict, given: dict) -> dict:
-    """The saved settings, with the changes a resume may make applied (and said) and the others refused."""
-    saved = ckpt["args"]
-    if "model" in given and "model" in saved and given["model"] != saved["model"]:
-        raise InputError(
-            f"{ckpt_path} was trained as {saved['model']}, not {given['model']}; drop --model to resume it"
-        )
-    changed = {k: v for k, v in given.items() if k in saved and saved[k] != v}
-    unsafe = [k for k in changed if k not in (*RESUME_SAFE, *spec.resume_safe)]
-    if unsafe:
-        was = ", ".join(f"{_flag(k)} {changed[k]} (run: {saved[k]})" for k in unsafe)
-        raise ConfigError(
-            f"--resume continues the run as trained; {was} cannot change mid-run: drop it, or start a new run "
-            f"from these weights with --weights {ckpt_path}"
-        )
-    done = int(ckpt.get("epoch", 0))
-    if "epochs" in changed and changed["epochs"] <= done:
-        raise ConfigError(f"{ckpt_path} has trained {done} epochs; pass --epochs above {done} to train longer")
-    if done >= int(saved.get("epochs", 0)) and "epochs" not in changed:
-        raise ConfigError(f"{ckpt_path} finished its {done} epochs; pass --epochs above {done} to train longer")
-    said = [f"{_flag(k)} {changed[k]} (was {saved[k]})" for k in changed if k not in ("workers", "device")]
-    if said and dist.is_main():
-        print(f"resume: applying {', '.join(said)}", flush=True)
-    return {**saved, **changed}
-
-
-def _claim(project: str, name: str | None, exist_ok: bool) -> RunDir | None:
-    """Rank 0 takes the run folder; under torchrun the others learn its path (or rank 0's error)."""
-    run, msg = None, None
-    if dist.is_main():
-        try:
-            run = claim_run(project, name, exist_ok)
-        except CspnetError as e:
-            msg = str(e)
-    path, msg = dist.broadcast((str(run.path) if run else None, msg))
-    if msg:
-        raise ConfigError(msg)
-    return run if run else _Elsewhere(Path(path))
-
-
-class _Elsewhere:
-    """The run folder held by rank 0 (other ranks only need its path)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def release(self, keep: bool = True) -> None:
-        pass
-
-
-def _init_distributed(device: str) -> None:
-    """Under torchrun, the process group before the run folder: rank 0 takes it and tells the others."""
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        dist.setup(device)
 
 
 def build_trainer(args: argparse.Namespace) -> tuple[Trainer, str | None]:
@@ -142,45 +77,25 @@ def build_trainer(args: argparse.Namespace) -> tuple[Trainer, str | None]:
     spec: TaskSpec = args.task_spec
     task_fields = set(flat_values(spec.cfg()))  # nested settings (DetectCfg.aug) are flat options
     given = {k: v for k, v in vars(args).items() if k in task_fields | TRAIN_FIELDS and v is not None}
-    resume = None
-    if args.resume:
-        from cspnet.engine.checkpoint import load_checkpoint
+    if not args.resume:
+        return new_trainer(spec, given, args.project, args.name, args.exist_ok), None
+    from cspnet.engine.checkpoint import load_checkpoint
 
-        if args.resume == "last":
-            if not args.name:
-                raise ConfigError("--resume needs --name RUN (or --resume PATH/TO/last.pt)")
-            resume = Path(args.project) / args.name / "weights" / "last.pt"
-            if not resume.is_file():
-                raise ConfigError(
-                    f"{resume} not found: run {args.name!r} has no checkpoint to resume; start it anew with "
-                    "--exist-ok, or pick another --name"
-                )
-        else:
-            resume = Path(args.resume)
-        ckpt = load_checkpoint(resume)
-        if ckpt.get("task") != spec.name or not isinstance(ckpt.get("args"), dict):
-            raise InputError(f"{resume} is not a checkpoint of `cspnet {spec.name} train`; pass its last.pt")
-        values = _resume_values(spec, resume, ckpt, given)
-        _init_distributed(values["device"])
-        folder = run_dir_of(resume)
-        run = hold_run(folder) if dist.is_main() else _Elsewhere(folder)
+    if args.resume == "last":
+        if not args.name:
+            raise ConfigError("--resume needs --name RUN (or --resume PATH/TO/last.pt)")
+        resume = Path(args.project) / args.name / "weights" / "last.pt"
+        if not resume.is_file():
+            raise ConfigError(
+                f"{resume} not found: run {args.name!r} has no checkpoint to resume; start it anew with "
+                "--exist-ok, or pick another --name"
+            )
     else:
-        missing = [_flag(k) for k in spec.required if k not in given]
-        if missing:
-            raise ConfigError(f"{spec.name} train needs {' and '.join(missing)} (or --resume)")
-        defaults = {**dataclasses.asdict(TrainCfg()), **spec.train_defaults}
-        values = {**defaults, **flat_values(spec.cfg()), **given}
-        _init_distributed(values["device"])
-        run = _claim(args.project, args.name, args.exist_ok)
-    values["save_dir"] = str(run.path)
-    try:
-        task = spec.task(from_flat(spec.cfg, values))
-        cfg = TrainCfg(**{k: v for k, v in values.items() if k in TRAIN_FIELDS | {"save_dir"}})
-        trainer = Trainer(task, cfg, run=run)
-    except BaseException:
-        run.release(keep=False)
-        raise
-    return trainer, (str(resume) if resume else None)
+        resume = Path(args.resume)
+    ckpt = load_checkpoint(resume)
+    if ckpt.get("task") != spec.name or not isinstance(ckpt.get("args"), dict):
+        raise InputError(f"{resume} is not a checkpoint of `cspnet {spec.name} train`; pass its last.pt")
+    return resume_trainer(spec, given, resume, ckpt), str(resume)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -58,10 +58,10 @@ def project_dir(project: str | Path) -> Path:
     return project
 
 
-def claim_run(project: str | Path, name: str | None, exist_ok: bool = False) -> RunDir:
+def claim_run(project: str | Path, name: str | None, exist_ok: bool = False, default: str = "exp") -> RunDir:
     """Take `project/name` for a new run (mkdir is atomic: of two runs started at once, one gets an error).
 
-    Without a name the next free exp, exp2, exp3, ... is taken, also atomically.
+    Without a name the next free exp, exp2, exp3, ... (`default`, ...) is taken, also atomically.
     """
     project = project_dir(project)
     if name:
@@ -83,7 +83,7 @@ def claim_run(project: str | Path, name: str | None, exist_ok: bool = False) -> 
         hint = "pass --resume to continue it" if (d / "weights" / "last.pt").is_file() else "it holds no checkpoint"
         raise ConfigError(f"run folder {d} exists ({hint}); pass --exist-ok to reuse it, or another --name")
     for i in range(1, 10_000):
-        d = project / ("exp" if i == 1 else f"exp{i}")
+        d = project / (default if i == 1 else f"{default}{i}")
         try:
             d.mkdir()
             return RunDir(d, fresh=True)

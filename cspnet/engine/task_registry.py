@@ -44,6 +44,7 @@ class TaskSpec:
     val: Command | None = None  # `cspnet <task> val`
     add_predict_args: Callable[[argparse.ArgumentParser], None] | None = None
     predict: Command | None = None  # `cspnet <task> predict`
+    validate: Callable[..., tuple] | None = None  # `val` for Python: (model, meta, data, **options) -> (metrics, ...)
 
 
 TASKS: dict[str, TaskSpec] = {}

@@ -405,34 +405,3 @@ def yolov4_darknet53_s() -> YoloCfg:
 @_register("yolov4-tiny-s", params_m=1.565, gmacs=0.889, paper="yolov4-tiny at width 0.5 (CPU-sized)")
 def yolov4_tiny_s() -> YoloCfg:
     return dataclasses.replace(yolov4_tiny(), width=0.5)
-
-
-def kmeans_anchors(wh: torch.Tensor, n: int = 9, img_size: int = 416, iters: int = 100, seed: int = 0) -> torch.Tensor:
-    """Anchors for a dataset: k-means on box (w, h) with distance 1 - IoU (boxes sharing a corner), as darknet's
-    calc_anchors. `wh` in pixels of the training size `img_size` (or normalised to [0, 1], then scaled by it).
-    Returns (n, 2) sorted by area; split it per level (e.g. `.view(3, 3, 2)`).
-    """
-    wh = torch.as_tensor(wh, dtype=torch.float64).reshape(-1, 2)
-    wh = wh[(wh > 0).all(1)]
-    if len(wh) < n:
-        raise InputError(f"k-means anchors need at least {n} boxes with positive size, got {len(wh)}")
-    if wh.max() <= 1.0:
-        wh = wh * img_size
-    g = torch.Generator().manual_seed(seed)
-    centers = wh[torch.randperm(len(wh), generator=g)[:n]].clone()
-
-    def iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        inter = torch.minimum(a[:, None, 0], b[None, :, 0]) * torch.minimum(a[:, None, 1], b[None, :, 1])
-        return inter / (a[:, None].prod(-1) + b[None].prod(-1) - inter)
-
-    assign = None
-    for _ in range(iters):
-        new = iou(wh, centers).argmax(1)
-        if assign is not None and torch.equal(new, assign):
-            break
-        assign = new
-        for k in range(n):
-            members = wh[assign == k]
-            if len(members):
-                centers[k] = members.mean(0)
-    return centers[centers.prod(1).argsort()].float()

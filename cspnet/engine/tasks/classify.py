@@ -14,6 +14,7 @@ from cspnet.engine.metrics import SumMetric
 from cspnet.engine.task import TaskBase
 from cspnet.errors import InputError
 from cspnet.models import create_model
+from cspnet.models.img_size import check_img_size, stride_of
 
 MAX_CLASSES = 1_000_000  # a checkpoint claiming more is damaged or tampered with
 
@@ -105,6 +106,8 @@ class ClassifyTask(TaskBase):
     def datasets(self) -> tuple[ImageDataset, ImageDataset]:
         if self._train is None:
             c = self.cfg
+            small = {"small_input": True} if c.small_input else {}
+            check_img_size(c.img, stride_of(c.model, **small))  # the size rule of every command, before the data
             self._train = open_split(c.data, "train", train_transform(c.img, c.scale, randaugment=c.randaugment))
             self._val = open_split(c.data, "val", eval_transform(c.img))
             if len(self._train.classes) < 2:

@@ -1,21 +1,24 @@
-"""`cspnet classify train|val|predict`: the classification task's options and its val and predict commands."""
+"""`cspnet classify train|val|predict`: the classification task's options and its val and predict commands.
+
+`validate` is `val` for Python (`cspnet.Model.val`); `predict` runs `cspnet.engine.predict.Predictor`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-from pathlib import Path
 
 import torch
 
 from cspnet.cli_args import add_output, fraction, image_size, nonneg_float, positive_int
+from cspnet.data import ImageDataset
 from cspnet.engine.checkpoint import load_model
 from cspnet.engine.cli import add_eval_args
 from cspnet.engine.task_registry import TaskSpec, register_task
-from cspnet.engine.tasks.classify import ClassifyCfg, ClassifyTask
+from cspnet.engine.tasks.classify import ClassifyCfg, ClassifyTask, TopKAccuracy
 from cspnet.errors import InputError
 from cspnet.io import atomic_write
+from cspnet.models.img_size import check_img_size, model_stride
 
 
 def load_classifier(weights: str) -> tuple[torch.nn.Module, dict]:
@@ -24,8 +27,20 @@ def load_classifier(weights: str) -> tuple[torch.nn.Module, dict]:
     return model, meta
 
 
-def cmd_val(args: argparse.Namespace) -> int:
-    """top-1, top-5, loss and per-class accuracy of a checkpoint"""
+def validate(
+    model: torch.nn.Module,
+    meta: dict,
+    data: str,
+    *,
+    split: str = "val",
+    img: int | None = None,
+    batch: int = 64,
+    workers: int = 2,
+    device: str = "auto",
+    amp: str = "off",
+    name: str | None = None,
+) -> tuple[dict, TopKAccuracy, ImageDataset]:
+    """`classify val` for Python: (metrics, the metric with per-class accuracy and confusion, the dataset)."""
     from torch.utils.data import DataLoader
 
     from cspnet.data import eval_transform, open_split
@@ -33,20 +48,37 @@ def cmd_val(args: argparse.Namespace) -> int:
     from cspnet.engine.amp import amp_dtype
     from cspnet.engine.evaluation import evaluate
 
-    model, meta = load_classifier(args.weights)
-    img = args.img or meta["img"]
-    task = ClassifyTask(ClassifyCfg(model=meta["model"], data=args.data, img=img))
-    ds = open_split(args.data, args.split, eval_transform(img))
+    img = check_img_size(img or meta["img"], model_stride(model))
+    task = ClassifyTask(ClassifyCfg(model=meta["model"], data=data, img=img))
+    ds = open_split(data, split, eval_transform(img))
     if ds.classes != meta["classes"]:
         raise InputError(
-            f"{args.weights} was trained on {len(meta['classes'])} classes, {ds.where} has {len(ds.classes)} "
-            f"({'different names' if len(ds.classes) == len(meta['classes']) else 'another count'}); fine-tune first "
-            "with `cspnet classify train --weights W` (it resets the classifier, as model.reset_classifier(n))"
+            f"{name or meta['model']} was trained on {len(meta['classes'])} classes, {ds.where} has "
+            f"{len(ds.classes)} ({'different names' if len(ds.classes) == len(meta['classes']) else 'another count'}); "
+            "fine-tune first with `cspnet classify train --weights W` (it resets the classifier, as "
+            "model.reset_classifier(n))"
         )
-    loader = DataLoader(ds, args.batch, num_workers=args.workers, collate_fn=task.collate(False))
-    device = dist.setup(args.device)
+    loader = DataLoader(ds, batch, num_workers=workers, collate_fn=task.collate(False))
+    device = dist.setup(device)
     metric = task.metric(False)
-    m = evaluate(model, loader, task, metric, device=device, amp=amp_dtype(args.amp, device))
+    return evaluate(model, loader, task, metric, device=device, amp=amp_dtype(amp, device)), metric, ds
+
+
+def cmd_val(args: argparse.Namespace) -> int:
+    """top-1, top-5, loss and per-class accuracy of a checkpoint"""
+    model, meta = load_classifier(args.weights)
+    m, metric, ds = validate(
+        model,
+        meta,
+        args.data,
+        split=args.split,
+        img=args.img,
+        batch=args.batch,
+        workers=args.workers,
+        device=args.device,
+        amp=args.amp,
+        name=args.weights,
+    )
     per_class, confusion = metric.per_class, metric.confusion
     if args.json:
         out = {k: m[k] for k in ("loss", "top1", "top5", "skipped")} | {"per_class": per_class, "classes": ds.classes}
@@ -65,30 +97,22 @@ def cmd_val(args: argparse.Namespace) -> int:
     return 0
 
 
-@torch.no_grad()
 def cmd_predict(args: argparse.Namespace) -> int:
-    """top-k classes of images"""
-    from cspnet.data import eval_transform, load_image
+    """top-k classes of images, folders, globs and videos"""
+    from cspnet.engine.predict import Predictor, list_sources
 
-    model, meta = load_classifier(args.weights)
-    tf = eval_transform(args.img or meta["img"])
-    results, skipped = [], 0
-    for path in args.images:
-        try:
-            x = tf(load_image(path))
-        except Exception as e:  # PIL raises many types for bad files
-            logging.getLogger("cspnet.data").warning(f"skipping unreadable image {path}: {type(e).__name__}: {e}")
-            skipped += 1
-            continue
-        probs = model(x[None]).softmax(1)[0]
-        p, i = probs.topk(min(args.topk, len(probs)))
-        top = [{"class": meta["classes"][j], "prob": round(float(q), 6)} for q, j in zip(p, i)]
-        results.append({"image": str(path), "top": top})
-        print(f"{path}: " + ", ".join(f"{t['class']} {t['prob']:.3f}" for t in top))
+    pred = Predictor.load(
+        args.weights, "classify", img=args.img, topk=args.topk, batch=args.batch, fuse=args.fuse, device=args.device
+    )
+    sources = list_sources(args.images)
+    results = []
+    for r in pred.stream(sources):
+        results.append(r.to_dict())
+        print(f"{r.path}{'' if r.frame is None else f' frame {r.frame}'}: {r.summary()}")
     if not results:
-        raise InputError(f"none of the {len(args.images)} images could be read; pass JPEG/PNG files")
-    if skipped:
-        print(f"skipped {skipped} unreadable image(s)")
+        raise InputError(f"none of the {len(sources)} images could be read; pass JPEG/PNG files")
+    if pred.skipped:
+        print(f"skipped {pred.skipped} unreadable image(s)")
     if args.json:
         atomic_write(args.json, lambda f: f.write(json.dumps(results, indent=2)), "w")
         print(f"wrote {args.json}")
@@ -122,9 +146,12 @@ def add_val_args(p: argparse.ArgumentParser) -> None:
 
 def add_predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", required=True, help="best.pt or last.pt of a classify run")
-    p.add_argument("images", nargs="+", type=Path, help="image files")
+    p.add_argument("images", nargs="+", help="image files, folders, globs ('imgs/*.jpg'), videos (cspnet[video])")
     p.add_argument("--topk", type=positive_int, default=5)
     p.add_argument("--img", type=image_size, default=None, help="image size (default: the training size)")
+    p.add_argument("--batch", type=positive_int, default=1, help="images per forward pass (default 1)")
+    p.add_argument("--no-fuse", dest="fuse", action="store_false", help="run the unfused model (same classes, slower)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     add_output(p, "--json", default=None, metavar="OUT", help="also write the results as JSON (folders are created)")
 
 
@@ -139,5 +166,6 @@ SPEC = register_task(
         val=cmd_val,
         add_predict_args=add_predict_args,
         predict=cmd_predict,
+        validate=validate,
     )
 )

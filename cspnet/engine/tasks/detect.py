@@ -26,6 +26,7 @@ from cspnet.engine.metrics_coco import CocoMetric
 from cspnet.engine.task import TaskBase, default_param_groups
 from cspnet.engine.tasks.detect_loss import LossCfg, YoloLoss
 from cspnet.errors import ConfigError, InputError
+from cspnet.models.img_size import check_img_size, model_stride, stride_of
 from cspnet.models.registry import load_detector_backbone
 from cspnet.models.weights import load_into
 
@@ -95,6 +96,9 @@ class DetectTask(TaskBase):
     def datasets(self) -> tuple[DetectionDataset, DetectionDataset]:
         if self._train is None:
             c = self.cfg
+            # the size rule before any data is read: a bad --img fails in a moment, with the message of every command
+            self._stride = stride_of(c.model, **c.overrides())
+            check_img_size(c.img, self._stride)
             if not c.data:
                 raise ConfigError("detect needs --data: a data.yaml, a COCO .json or a Pascal VOC folder")
             train, val = open_detection(c.data, "train"), open_detection(c.data, c.val_split)
@@ -137,9 +141,7 @@ class DetectTask(TaskBase):
 
     def build_model(self) -> nn.Module:
         model = self.model_from_meta(self.meta())
-        stride = self._stride = max(model.head.strides)
-        if self.cfg.img % stride:
-            raise ConfigError(f"--img {self.cfg.img} is not a multiple of the model's stride {stride}")
+        self._stride = model_stride(model)  # cfg.img was checked against it in datasets()
         if self.cfg.backbone_weights:
             spec = self.cfg.backbone_weights
             load_detector_backbone(model, True if spec == "timm" else spec)
@@ -153,7 +155,7 @@ class DetectTask(TaskBase):
         """k-means (1 - IoU) anchors of the training boxes at the letterboxed training size; saved with the weights."""
         import numpy as np
 
-        from cspnet.models.yolo import kmeans_anchors
+        from cspnet.data.boxes import kmeans_anchors
 
         src, img = self.datasets()[0].source, self.cfg.img
         wh = [r.boxes[:, 2:] - r.boxes[:, :2] for r in src.records if len(r.boxes)]
