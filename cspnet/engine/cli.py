@@ -14,7 +14,7 @@ from pathlib import Path
 from cspnet.cli_args import fraction, image_size, nonneg_float, nonneg_int, positive_float, positive_int
 from cspnet.engine.amp import AMP_MODES
 from cspnet.engine.config import flat_values
-from cspnet.engine.launch import RESUME_SAFE, TRAIN_FIELDS, option_flag, new_trainer, resume_trainer
+from cspnet.engine.launch import RESUME_SAFE, TRAIN_FIELDS, new_trainer, option_flag, resume_trainer
 from cspnet.engine.task_registry import TASK_MODULES, TASKS, TaskSpec, get_task
 from cspnet.engine.trainer import TrainCfg, Trainer
 from cspnet.errors import ConfigError, InputError
