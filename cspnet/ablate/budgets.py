@@ -1,8 +1,9 @@
 """Training and measuring budgets: one recipe for every variant of a study.
 
 smoke: seconds, for tests. cpu: CIFAR-10 on a 2-core CPU in about 2 hours for the default grid (6 variants, 1 seed);
-the estimate is measured, see docs/results/ablation.md. converge: a pair trained on all of CIFAR-10 until test top-1
-flattens (benchmarks/convergence.py; a GPU); converge_cpu: the same on a 2-core CPU with the usual stem. full: the paper's ImageNet setting (darknet cfgs: batch 128,
+the estimate is measured, see docs/results/ablation.md. converge: a pair on all of CIFAR-10 for 12 epochs
+(benchmarks/convergence.py; a GPU); converge_cpu: 16 epochs on a 2-core CPU with the usual stem (neither reached a
+plateau); plateau_cpu: the evidence study (docs/results/protocol.md). full: the paper's ImageNet setting (darknet cfgs: batch 128,
 lr 0.1, momentum 0.9, decay 5e-4, 1000 warm-up steps; 1.6M steps for dense nets = 160 epochs, 800k for the others =
 80 epochs) with the engine's cosine schedule in place of darknet's poly, for ImageNet-style folders under torchrun.
 """
@@ -78,7 +79,7 @@ BUDGETS = {
     ),
     # sized by `python benchmarks/ablation_doc.py --estimate-budget` (docs/results/ablation.md, "Budget")
     "cpu": Budget("cpu", img=32, epochs=4, subset=20000, val_subset=None, batch=64, workers=1),
-    # a CSP/plain pair until test top-1 flattens: all 50,000 CIFAR-10 images, small-input stem (the usual CIFAR nets)
+    # a CSP/plain pair on all 50,000 CIFAR-10 images, small-input stem (the usual CIFAR nets); 12 epochs did not reach a plateau
     "converge": Budget(
         "converge", img=32, epochs=12, batch=256, lr=0.2, warmup_epochs=1.0, small_input=True, workers=4
     ),
