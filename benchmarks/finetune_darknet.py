@@ -114,13 +114,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tiny", action="store_true", help="the test's budget: sample data, img 64, 1 epoch, 4 images")
     p.add_argument("--project", default="runs/finetune_darknet", help="run folders")
     p.add_argument("--out", default=str(REPO / "docs/results/finetune_darknet.md"), help="the .md (and .json)")
+    p.add_argument("--from-json", help="only write the .md again from a recorded .json (no training)")
     args = p.parse_args(argv)
     if args.tiny:
         args.img, args.epochs, args.subset, args.val_subset, args.batch, args.workers = 64, 1, 4, 4, 4, 0
         args.width = args.width or 0.25
         args.close_mosaic = 0
         args.random_darknet = args.random_darknet or not args.weights
-    if not (args.weights or args.random_darknet):
+    if not (args.weights or args.random_darknet or args.from_json):
         p.error("pass --weights FILE_OR_NAME (darknet's file) or --random-darknet (random weights, offline)")
     if args.random_layers is None:
         partial = table_partial(args.model)
@@ -143,6 +144,13 @@ def dataset(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    out = Path(args.out)
+    if args.from_json:
+        out.with_suffix(".md").write_text(
+            markdown(json.loads(Path(args.from_json).read_text()), Path(args.from_json).name)
+        )
+        print(f"wrote {out.with_suffix('.md')}")
+        return 0
     import torch
 
     from cspnet import hub
@@ -210,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         "img": args.img,
         "batch": args.batch,
         "lr": args.lr,
+        "close_mosaic": args.close_mosaic,
         "seed": args.seed,
         "map50": scores["map50"],
         "map": scores["map"],
@@ -230,12 +239,23 @@ def main(argv: list[str] | None = None) -> int:
         "load_before": load_before,
         "load_after": load_after,
     }
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
     out.with_suffix(".md").write_text(markdown(record, out.with_suffix(".json").name))
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json').name}")
     return 0
+
+
+def unsteady(r: dict) -> str:
+    """A warning when the last epoch scores well below the best one: the number is not a settled result."""
+    best = max(r["per_epoch"], key=lambda e: e["val/map50"])
+    last = r["per_epoch"][-1]
+    if last["val/map50"] >= 0.5 * best["val/map50"]:
+        return ""
+    return (
+        f" Not settled: the best epoch ({best['epoch']}, {best['val/map50']:.3f}) scored far above the last "
+        f"({last['val/map50']:.3f}); with {r['epochs']} epochs and one seed the result swings from epoch to epoch."
+    )
 
 
 def release_table() -> list[str]:
@@ -302,10 +322,14 @@ def markdown(r: dict, json_name: str) -> str:
         f"{r['epochs']} | {r['batch']} | {r['map50']:.3f} | {r['map']:.3f} | {r['train_wall_s']:.0f} |",
         "",
         f"mAP: `cspnet detect val` on the last epoch's EMA weights (`last.pt`), pycocotools COCOeval on "
-        f"{r['val_images_scored']} val images. AdamW lr {r['lr']}, weight decay 0.01, 1 warm-up epoch, EMA.",
+        f"{r['val_images_scored']} val images. AdamW lr {r['lr']}, weight decay 0.01, 1 warm-up epoch, EMA"
+        + (f", mosaic closed for the last {r['close_mosaic']} epochs." if r.get("close_mosaic") else "."),
+        "",
+        "Val mAP@0.5 after each epoch during training (EMA weights; for reference only, no epoch is chosen on the "
+        "val set): " + ", ".join(f"{e['val/map50']:.3f}" for e in r["per_epoch"]) + "." + unsteady(r),
         "",
         f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs ({' '.join(m['isa'])}), {m['threads']} torch "
-        f"threads, torch {m['torch']}; niceness {r['nice']}. Shared with other jobs: load average "
+        f"thread{'s' if m['threads'] != 1 else ''}, torch {m['torch']}; niceness {r['nice']}. Shared with other jobs: load average "
         f"{r['load_before'][0]:.1f} before, {r['load_after'][0]:.1f} after, so the wall time is only an order of "
         "magnitude.",
         "",

@@ -45,6 +45,9 @@ def test_tiny_finetune_from_a_random_darknet_partial_file(tmp_path):
     assert "RANDOM weights" in md and "**The weights were random.**" in md
     assert "yolov4-tiny.conv.29" in md and hub.WEIGHTS["yolov4-tiny.conv.29"].url in md
     assert "not verified yet" in md and "sha256 of the file is printed" in md
+    # the .md again from the recorded .json alone: the same text
+    assert _benchmark().main(["--from-json", str(out.with_suffix(".json")), "--out", str(tmp_path / "ft.md")]) == 0
+    assert (tmp_path / "ft.md").read_text() == md
 
 
 def test_weights_or_random_is_required(capsys):
