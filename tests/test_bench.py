@@ -183,10 +183,86 @@ def test_memory_profiling_prints_no_profiler_logs(capfd):
     """`bench --fuse` printed kineto's USDT profiler_start/stop and 'ERROR: gpuGetDeviceCount' lines on CPU."""
     import torch
 
-    from cspnet.bench.harness import profile_peak_memory
+    from cspnet.bench.measure import profile_peak_memory
 
     a = torch.randn(64, 64)
     for _ in range(2):
         assert profile_peak_memory(lambda: a @ a) >= 64 * 64 * 4
     err = capfd.readouterr().err
     assert "USDT" not in err and "profiler_st" not in err and "gpuGetDeviceCount" not in err, err
+
+
+# ---------------------------------------------------------------- issue #20: bench --runtimes
+
+
+def test_parse_runtimes():
+    from cspnet.bench.runtimes import RuntimePath, parse_runtimes
+
+    paths = parse_runtimes("eager, fused,openvino:int8,eager,onnxruntime:fp16")
+    assert paths == [
+        RuntimePath("eager"),
+        RuntimePath("fused"),
+        RuntimePath("openvino", "int8"),
+        RuntimePath("onnxruntime", "fp16"),
+    ]
+    assert [p.label for p in paths] == ["eager", "fused", "openvino:int8", "onnxruntime:fp16"]
+    for bad, msg in [
+        ("tensorrt", "unknown runtime"),
+        ("onnxruntime:bf16", "onnxruntime runs fp32, fp16, int8"),
+        (",", "empty"),
+    ]:
+        with pytest.raises(ConfigError, match=msg):
+            parse_runtimes(bad)
+
+
+@pytest.mark.slow
+def test_bench_runtimes_names_the_fastest_and_its_export(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    runtimes = "eager,fused,torchscript,onnxruntime,openvino,opencv"
+    argv = ["bench", "cspresnet10", "--img", "32", "--runtimes", runtimes, "--runs", "2", "--warmup", "0"]
+    assert main(argv + ["--batch", "1", "2", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert [g["batch"] for g in r["groups"]] == [1, 2] and r["errors"] == {}
+    assert isinstance(r["machine"]["isa"], list)
+    for g in r["groups"]:
+        labels = [f"cspresnet10 {p}" for p in runtimes.split(",")]
+        assert list(g["rows"]) == labels  # every path measured in the same interleaved group
+        assert g["fastest"] in labels and g["fastest_cspnet"] == g["fastest"]  # one of the measured paths
+        fastest = g["rows"][g["fastest"]]
+        assert fastest["vs_fastest"] == 1.0 and all(row["vs_fastest"] >= 1.0 for row in g["rows"].values())
+        cv = g["rows"]["cspresnet10 opencv"]["median_ms"]
+        assert g["rows"]["cspresnet10 eager"]["vs_opencv"] == pytest.approx(
+            g["rows"]["cspresnet10 eager"]["median_ms"] / cv
+        )
+        assert (
+            g["rows"]["cspresnet10 openvino"]["export"]
+            == "cspnet export --model cspresnet10 --img 32 --format openvino"
+        )
+    assert main(argv[:-4] + ["--runs", "1", "--warmup", "0", "--out", str(tmp_path / "o")]) == 0
+    md = capsys.readouterr().out
+    assert "ISA:" in md and "To deploy it: `" in md and "| cspresnet10 | openvino | fp32 |" in md
+    assert (tmp_path / "o" / "runtimes.md").read_text() in md  # the same table, after the "wrote" line
+    assert main(["bench", "cspresnet10", "--runtimes", "eager", "--twins"]) == 2
+    assert "with --runtimes name the paths instead" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_runtimes_opencv_runs_the_darknet_cfg(darknet_dir, capsys):
+    """A zoo detector with its darknet cfg: built from the cfg, OpenCV through its darknet importer, int8 listed."""
+    pytest.importorskip("cv2")
+    pytest.importorskip("onnxruntime")
+    from cspnet.bench.runtimes import parse_runtimes, run_runtimes
+
+    r = run_runtimes(
+        ["yolov4-tiny"],
+        parse_runtimes("fused,onnxruntime:int8,opencv"),
+        img=64,
+        runs=2,
+        warmup=0,
+        darknet_dir=darknet_dir,
+    )
+    rows = r["groups"][0]["rows"]
+    assert list(rows) == ["yolov4-tiny fused", "yolov4-tiny onnxruntime:int8", "yolov4-tiny opencv"], r["errors"]
+    assert rows["yolov4-tiny fused"]["vs_opencv"] > 0
+    assert rows["yolov4-tiny onnxruntime:int8"]["export"].endswith("--format onnx --int8 --data YOUR_IMAGES")

@@ -5,12 +5,46 @@ from __future__ import annotations
 import argparse
 import json
 
-from cspnet.cli_args import add_output, image_size, nonneg_int, positive_int
+from cspnet.cli_args import add_output, existing_dir, image_size, nonneg_int, positive_int
+
+
+def _cmd_runtimes(args: argparse.Namespace) -> int:
+    from cspnet.bench.report import runtimes_markdown, write_runtimes
+    from cspnet.bench.runtimes import parse_runtimes, run_runtimes
+    from cspnet.errors import ConfigError
+
+    variant_flags = {"--twins": args.twins, "--compare-timm": args.compare_timm, "--timm-best": args.timm_best}
+    variant_flags.update({"--fuse": args.fuse, "--channels-last": args.channels_last, "--compile": args.compile})
+    variant_flags.update({"--train": args.train, "--dtype": args.dtype != "float32"})
+    used = [k for k, on in variant_flags.items() if on]
+    if used:
+        raise ConfigError(
+            f"{', '.join(used)} select variants of the model matrix; with --runtimes name the paths instead, e.g. "
+            "--runtimes eager,fused,compile,openvino:bf16"
+        )
+    result = run_runtimes(
+        args.models,
+        parse_runtimes(args.runtimes),
+        tuple(args.batch),
+        args.img,
+        args.threads,
+        args.runs,
+        args.warmup,
+        args.darknet,
+    )
+    if args.out:
+        paths = write_runtimes(result, args.out)
+        print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    print(json.dumps(result, indent=2) if args.json else runtimes_markdown(result))
+    return 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from cspnet.bench.harness import BenchConfig, expand_variants, run_bench
     from cspnet.bench.report import markdown, write_all
+
+    if args.runtimes:
+        return _cmd_runtimes(args)
 
     opts = tuple(o for o, on in (("fuse", args.fuse), ("cl", args.channels_last), ("compile", args.compile)) if on)
     variants = expand_variants(
@@ -18,7 +52,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     )
     cfg = BenchConfig(
         variants=variants,
-        img_size=args.img,
+        img_size=args.img or 224,
         batches=tuple(args.batch),
         threads=args.threads,
         dtype=args.dtype,
@@ -45,9 +79,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "models",
         nargs="+",
-        help="model variants: NAME, timm:NAME, NAME@fuse+cl+compile, NAME@ort (options: fuse, cl, compile, ort)",
+        help="model variants: NAME, timm:NAME, NAME@fuse+cl+compile, NAME@ort (options: fuse, cl, compile, ort); "
+        "with --runtimes: NAME, timm:NAME or a training checkpoint",
     )
-    p.add_argument("--img", type=image_size, default=224)
+    p.add_argument(
+        "--runtimes",
+        default=None,
+        help="measure each model on these paths, e.g. eager,fused,compile,torchscript,onnxruntime,openvino,opencv; "
+        "RUNTIME:PRECISION for fp16/bf16/int8 (openvino:int8, onnxruntime:int8, openvino:bf16, ...)",
+    )
+    p.add_argument(
+        "--darknet",
+        type=existing_dir,
+        default=None,
+        help="--runtimes: folder of darknet .cfg files; a zoo detector NAME with NAME.cfg there is built from it "
+        "(random .weights) and OpenCV runs it through its darknet importer",
+    )
+    p.add_argument("--img", type=image_size, default=None, help="image size (default 224; --runtimes: the model's)")
     p.add_argument("--batch", type=positive_int, nargs="+", default=[1], help="batch sizes, e.g. --batch 1 8")
     p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--dtype", default="float32", help="float32 or bfloat16")

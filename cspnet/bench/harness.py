@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import os
 import platform
-import re
-import sys
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +24,7 @@ from cspnet.bench.measure import (
     busy_threads,
     count_macs,
     count_params,
+    profile_peak_memory,
     ratio_noise,
     summarize,
     time_interleaved,
@@ -147,7 +145,7 @@ def build_model(v: Variant, num_classes: int = 1000) -> nn.Module:
     return create_model(v.name, num_classes=num_classes, **dict(v.overrides))
 
 
-def _compile(model: nn.Module) -> Callable:
+def compile_inference(model: nn.Module) -> Callable:
     from torch._inductor import config as inductor_config
 
     inductor_config.freezing = True  # inference: constant-fold weights, prepack for oneDNN
@@ -199,7 +197,7 @@ class Runner:
             xn = self.x.numpy()
             self.fn = lambda: sess.run(None, {"images": xn})[0]
         elif "compile" in v.opts:
-            self.fn = _compile(self.model)
+            self.fn = compile_inference(self.model)
         else:
             self.fn = self.model
         self.step = self._infer_step
@@ -223,55 +221,6 @@ class Runner:
         if "ort" in self.v.opts or "compile" in self.v.opts:
             return None
         return profile_peak_memory(self.step) / 2**20
-
-
-# what the profiler's C++ side (kineto) prints on every start/stop on a CPU machine; not errors of the user's
-PROFILER_NOISE = re.compile(r"USDT:|profiler_start|profiler_stop|gpuGetDeviceCount|cudaGetDeviceCount")
-
-
-@contextmanager
-def quiet_profiler_logs() -> Iterator[None]:
-    """Hold back kineto's log lines (written to file descriptor 2 by C++, so Python cannot filter them) and pass
-    any other stderr output of the block through."""
-    sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-    except OSError:  # no stderr to filter
-        yield
-        return
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            kept = [ln for ln in tmp.read().decode(errors="replace").splitlines() if not PROFILER_NOISE.search(ln)]
-            if kept:
-                print("\n".join(kept), file=sys.stderr)
-
-
-def profile_peak_memory(fn: Callable[[], object]) -> int:
-    """Peak live bytes of tensors allocated inside `fn`, from torch.profiler's memory timeline."""
-    from torch.profiler import ProfilerActivity, profile
-    from torch.profiler._memory_profiler import Action
-
-    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # no "ERROR: gpuGetDeviceCount failed" on machines without CUDA
-    with quiet_profiler_logs():
-        with profile(
-            activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
-        ) as prof:
-            fn()
-    cur = peak = 0
-    for _, action, _, size in prof._memory_profile().timeline:
-        if action == Action.CREATE:
-            cur += size
-        elif action == Action.DESTROY:
-            cur -= size
-        peak = max(peak, cur)
-    return peak
 
 
 def run_group(cfg: BenchConfig, batch: int, train: bool) -> dict:

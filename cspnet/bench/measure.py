@@ -1,11 +1,16 @@
-"""Measurement with the framework's tools: params, MACs (torch.utils.flop_counter), interleaved latency."""
+"""Measurement with the framework's tools: params, MACs (torch.utils.flop_counter), interleaved latency, peak
+memory (torch.profiler)."""
 
 from __future__ import annotations
 
 import os
+import re
 import statistics
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -106,3 +111,52 @@ def busy_threads(threads: int, explicit: bool = False) -> tuple[int, list[str]]:
             "set OMP_WAIT_POLICY=PASSIVE before starting: spin-waiting OpenMP threads inflate latencies when cores are shared"
         )
     return threads, notes
+
+
+# what the profiler's C++ side (kineto) prints on every start/stop on a CPU machine; not errors of the user's
+PROFILER_NOISE = re.compile(r"USDT:|profiler_start|profiler_stop|gpuGetDeviceCount|cudaGetDeviceCount")
+
+
+@contextmanager
+def quiet_profiler_logs() -> Iterator[None]:
+    """Hold back kineto's log lines (written to file descriptor 2 by C++, so Python cannot filter them) and pass
+    any other stderr output of the block through."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to filter
+        yield
+        return
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            kept = [ln for ln in tmp.read().decode(errors="replace").splitlines() if not PROFILER_NOISE.search(ln)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr)
+
+
+def profile_peak_memory(fn: Callable[[], object]) -> int:
+    """Peak live bytes of tensors allocated inside `fn`, from torch.profiler's memory timeline."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action
+
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # no "ERROR: gpuGetDeviceCount failed" on machines without CUDA
+    with quiet_profiler_logs():
+        with profile(
+            activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
+        ) as prof:
+            fn()
+    cur = peak = 0
+    for _, action, _, size in prof._memory_profile().timeline:
+        if action == Action.CREATE:
+            cur += size
+        elif action == Action.DESTROY:
+            cur -= size
+        peak = max(peak, cur)
+    return peak

@@ -119,3 +119,57 @@ def write_all(result: dict, out_dir: str | Path, stem: str = "bench") -> dict[st
     paths["md"].write_text(markdown(result))
     chart(result, paths["png"])
     return paths
+
+
+def runtimes_markdown(result: dict) -> str:
+    """`bench --runtimes`: the machine and its ISA, one table per batch size, the fastest path and its export."""
+    m = result["machine"]
+    isa = set(m.get("isa", []))
+    bf16 = "yes" if isa & {"avx512_bf16", "amx_bf16"} else "no (no AVX-512 BF16 or AMX: bf16 is emulated or refused)"
+    vnni = "yes" if isa & {"avx512_vnni", "avx_vnni", "amx_int8"} else "no (int8 runs without VNNI)"
+    versions = ", ".join(f"{k} {m[k]}" for k in ("torch", "onnxruntime", "openvino", "cv2") if k in m)
+    sizes = ", ".join(f"{k} {v}" for k, v in result["img"].items())
+    lines = [
+        f"CPU: {m['cpu']}; ISA: {' '.join(sorted(isa)) or '?'}; bf16: {bf16}; int8 VNNI: {vnni}.",
+        f"{m['threads']} threads for every runtime; OMP_WAIT_POLICY {m.get('omp_wait_policy', '?')}; {versions}.",
+        f"Input size: {sizes}. Median of {result['config']['runs']}+ runs per path, all paths interleaved "
+        "round-robin in one process; p25-p75 is the spread; x = ratio of medians (~: too noisy to be a result).",
+    ]
+    lines += [f"**Warning:** {w}" for w in result.get("warnings", [])]
+    for g in result["groups"]:
+        lines += [
+            "",
+            f"**batch {g['batch']}**",
+            "",
+            "| model | runtime | precision | median ms | p25-p75 ms | img/s | x fastest | x OpenCV | x timm's best fp32 |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in g["rows"].values():
+            rel = [format_ratio(r[k], r.get(f"{k}_noise")) if k in r else "-" for k in ("vs_opencv", "vs_timm_best")]
+            lines.append(
+                f"| {r['model']} | {r['runtime']} | {r['precision']} | {r['median_ms']:.1f} | {r['p25_ms']:.1f}-"
+                f"{r['p75_ms']:.1f} | {r['images_per_s']:.1f} | {r['vs_fastest']:.2f} | {rel[0]} | {rel[1]} |"
+            )
+        if g["fastest"]:
+            lines += [
+                "",
+                f"Fastest at batch {g['batch']}: {g['fastest']} ({g['rows'][g['fastest']]['median_ms']:.1f} ms).",
+            ]
+        best = g.get("fastest_cspnet")
+        if best and best != g["fastest"]:
+            lines.append(f"Fastest cspnet path: {best} ({g['rows'][best]['median_ms']:.1f} ms).")
+        if best:
+            lines.append(f"To deploy it: `{g['rows'][best]['export']}`")
+    for k, v in result.get("errors", {}).items():
+        lines.append(f"- not measured: {k}: {v}")
+    return "\n".join(lines) + "\n"
+
+
+def write_runtimes(result: dict, out_dir: str | Path, stem: str = "runtimes") -> dict[str, Path]:
+    """runtimes.json and runtimes.md in out_dir."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md"}
+    paths["json"].write_text(json.dumps(result, indent=2))
+    paths["md"].write_text(runtimes_markdown(result))
+    return paths

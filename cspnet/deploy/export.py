@@ -111,9 +111,9 @@ def export_torchscript(model: nn.Module, path: str | Path, example: torch.Tensor
     """Trace to TorchScript (tracing keeps the batch dimension free: convs and pools do not depend on it)."""
     path = Path(path)
     with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # tracer warnings, and TorchScript's deprecation notice
         traced = torch.jit.freeze(torch.jit.trace(model, example, check_trace=False))
-    torch.jit.save(traced, str(path), _extra_files={EXTRA_FILE: json.dumps(meta or {})})
+        torch.jit.save(traced, str(path), _extra_files={EXTRA_FILE: json.dumps(meta or {})})
     return path
 
 
@@ -296,7 +296,9 @@ def load_runner(path: str | Path, fmt: str | None = None, threads: int | None = 
         sess = ort_session(path, threads)
         name = sess.get_inputs()[0].name
         return lambda x: sess.run(None, {name: x.numpy()})[0]
-    module = torch.jit.load(str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation notice
+        module = torch.jit.load(str(path))
 
     def run(x: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():

@@ -10,6 +10,7 @@ classifier, decoded rows (B, N, 5 + C) for a detector, or (boxes, scores, classe
 from __future__ import annotations
 
 import json
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -145,7 +146,9 @@ def _torchscript(path: Path, threads: int) -> tuple[Runner, dict | None]:
 
     extra = {EXTRA_FILE: ""}
     try:
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation notice
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except RuntimeError as e:
         raise InputError(f"cannot read {path} as TorchScript: {str(e).strip().splitlines()[0]}") from None
     meta = json.loads(extra[EXTRA_FILE]) if extra[EXTRA_FILE] else None
