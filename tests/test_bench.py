@@ -266,3 +266,10 @@ def test_bench_runtimes_opencv_runs_the_darknet_cfg(darknet_dir, capsys):
     assert list(rows) == ["yolov4-tiny fused", "yolov4-tiny onnxruntime:int8", "yolov4-tiny opencv"], r["errors"]
     assert rows["yolov4-tiny fused"]["vs_opencv"] > 0
     assert rows["yolov4-tiny onnxruntime:int8"]["export"].endswith("--format onnx --int8 --data YOUR_IMAGES")
+
+
+def test_bench_runtimes_bad_input_is_one_line(capsys):
+    assert main(["bench", "yolov4-tiny-s", "--img", "100", "--runtimes", "eager"]) == 2
+    assert "not a multiple of the stride 32" in capsys.readouterr().err
+    assert main(["bench", "cspresnet10", "--runtimes", "tensorrt"]) == 2
+    assert "unknown runtime 'tensorrt'" in capsys.readouterr().err

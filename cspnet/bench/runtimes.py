@@ -1,7 +1,7 @@
 """`cspnet bench --runtimes`: models on every CPU runtime, interleaved in one process, medians, the fastest named.
 
 A runtime path is RUNTIME[:PRECISION], e.g. `openvino:int8`:
-  eager, fused, compile (torch.compile of the fused model): fp32, bf16;
+  eager, fused, compile (torch.compile of the fused model; of timm's own): fp32, bf16;
   torchscript: fp32, fp16, bf16; onnxruntime: fp32, fp16, int8; openvino: fp32, fp16, bf16, int8;
   opencv: cv2.dnn on our ONNX file, or on the darknet cfg for a zoo detector whose cfg is in --darknet DIR.
 A model is a zoo name (random weights, BN calibrated so activations have a trained net's scale), `timm:NAME`, or a
@@ -82,7 +82,14 @@ class Subject:
 
 
 def load_subject(spec: str, img: int | None, darknet_dir: str | Path | None, workdir: Path) -> Subject:
-    """A zoo name, `timm:NAME` or a training checkpoint, ready to measure."""
+    """A zoo name, `timm:NAME` or a training checkpoint, ready to measure (its input size checked)."""
+    s = _load_subject(spec, img, darknet_dir, workdir)
+    if callable(getattr(s.model, "check_input", None)):  # a detector's stride: one line, before any export
+        s.model.check_input(torch.zeros(1, getattr(s.model, "in_chans", 3), s.img, s.img))
+    return s
+
+
+def _load_subject(spec: str, img: int | None, darknet_dir: str | Path | None, workdir: Path) -> Subject:
     from cspnet.deploy.export import task_of
     from cspnet.nn.bn import calibrate_bn
 
@@ -105,8 +112,9 @@ def load_subject(spec: str, img: int | None, darknet_dir: str | Path | None, wor
             name = model_info(name).timm_name or name
         except ConfigError:
             pass
-        model = timm.create_model(name).eval()
-        return Subject(spec, model, img or 224, source="timm")
+        model = timm.create_model(name)
+        calibrate_bn(model, torch.rand(2, 3, img or 224, img or 224))  # as ours: no drift into denormals
+        return Subject(spec, model.eval(), img or 224, source="timm")
     from cspnet.models import create_model, model_info
 
     info = model_info(spec)
@@ -120,7 +128,7 @@ def load_subject(spec: str, img: int | None, darknet_dir: str | Path | None, wor
         return Subject(spec, model.eval(), img, hint=f"--model {spec}", darknet=(cfg, weights), task="detect")
     torch.manual_seed(0)
     model = create_model(spec)
-    calibrate_bn(model, torch.rand(2, getattr(model, "in_chans", 3), img, img))
+    calibrate_bn(model, torch.rand(4, getattr(model, "in_chans", 3), img, img))
     return Subject(spec, model.eval(), img, hint=f"--model {spec}", task=task_of(model))
 
 
@@ -131,10 +139,10 @@ def prepare_path(s: Subject, p: RuntimePath, workdir: Path, threads: int) -> Mak
     """Build (export, validate, load) one runtime path of one model; returns how to make its timed step."""
     dtype = torch.bfloat16 if p.precision == "bf16" else torch.float32
     if p.runtime in ("eager", "fused", "compile"):
-        if s.source == "timm" and p.runtime != "eager":
-            raise ConfigError(f"{p.runtime}: timm models have no fuse(); measure timm eager, onnxruntime, openvino")
+        if s.source == "timm" and p.runtime == "fused":
+            raise ConfigError("timm models have no fuse(); their paths are eager, compile, onnxruntime, openvino")
         model = copy.deepcopy(s.model).eval()
-        if p.runtime != "eager":
+        if p.runtime != "eager" and s.source == "cspnet":
             model.fuse()
         model = model.to(dtype)
         fn = compile_inference(model) if p.runtime == "compile" else model

@@ -6,8 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from cspnet.cli_args import (
     add_output,
@@ -21,6 +20,9 @@ from cspnet.cli_args import (
     positive_float,
     positive_int,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _load_for_export(args: argparse.Namespace):
@@ -86,6 +88,8 @@ def calibration_files(data: str | Path, n: int) -> list:
 
 def load_calibration(data: str | Path, task: str, img: int, n: int) -> torch.Tensor:
     """(N, 3, img, img) preprocessed as `val` does: classifiers resize and centre-crop, detectors letterbox."""
+    import torch
+
     from cspnet.data import eval_transform, load_image
     from cspnet.data.detection_aug import letterbox, make_sample, read_image
     from cspnet.errors import InputError
@@ -120,6 +124,8 @@ def _precision(args: argparse.Namespace) -> str:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
     from cspnet.deploy.export import SUFFIX, export, task_of
     from cspnet.errors import ConfigError
     from cspnet.models.img_size import check_img_size, model_stride
@@ -151,6 +157,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _time(model, nms, path: Path, img: int, in_chans: int, runs: int) -> dict[str, float]:
     """Batch-1 median latency of the fused PyTorch model and of the file, interleaved (cspnet.bench.measure)."""
+    import torch
+
     from cspnet.bench.measure import summarize, time_interleaved
     from cspnet.deploy.nms import DetectWithNMS
     from cspnet.deploy.runtime import load_exported
