@@ -6,13 +6,19 @@ and the metadata the runtime wrapper reads. What each runtime can run on a CPU:
 
 | format | fp16 | bf16 | int8 |
 |---|---|---|---|
-| onnx (onnxruntime) | fp16 graph, fp32 in/out | no: no bf16 CPU kernels | QDQ, onnxruntime's quantizer |
+| onnx (onnxruntime) | fp16 graph, fp32 in/out | refused: no bf16 CPU kernels | QDQ, onnxruntime's quantizer |
 | openvino | fp16 weights (computed in f32 without fp16 hardware) | inference precision bf16 | NNCF |
-| torchscript | model.half() | model.bfloat16() | no |
+| torchscript | convs in fp16 | convs in bf16 | refused |
 
-int8 is quantized by each runtime's own tool (onnx_export.quantize_onnx_int8, openvino_export.quantize_nncf): each
-places its quantize ops where that runtime fuses them into int8 kernels. A detector's last convs, decode and NMS
-stay in float (an int8 step on a box logit moves the box by pixels).
+A detector's box decoding stays fp32 at every precision (exp(t) x anchor overflows fp16; an int8 step on a box
+logit moves the box by pixels): the nodes after its last convolutions are excluded from fp16 conversion and from
+quantization, and TorchScript decodes in fp32 (LowPrecision).
+
+Why two int8 quantizers: each runtime fuses quantize/dequantize pairs into int8 kernels only where they sit in the
+patterns it knows. onnxruntime's quantize_static writes the QDQ layout its CPU kernels fuse (QLinearConv, ...) and
+needs nothing beyond onnxruntime; NNCF (`nncf.quantize`, OpenVINO's own) writes the FakeQuantize layout OpenVINO's
+low-precision transformations turn into int8 kernels, with fast bias correction. One tool for both would hand one
+runtime a layout made for the other. Both calibrate on the same preprocessed images (`--data`).
 """
 
 from __future__ import annotations
