@@ -305,3 +305,19 @@ def test_export_cli_formats_and_flags(tmp_path, capsys):
     ]:
         assert main(["export", *bad, "--img", str(IMG), "--runs", "0", "--out", str(tmp_path / "x.onnx")]) == 2
         assert msg in capsys.readouterr().err
+
+
+def test_check_compares_boxes_and_scores_each_in_its_unit():
+    """A box 1e4 px wide does not loosen the check of the probabilities beside it (old rule: atol x max |output|)."""
+    from cspnet.deploy.export import compare
+
+    ref = torch.zeros(1, 4, 8)
+    ref[..., 2:4] = 1e4  # huge widths and heights
+    ref[..., 4:] = 0.5
+    out = ref.clone()
+    out[0, 0, 5] += 0.01  # one class probability off by 0.01
+    out[0, 1, 2] *= 1 + 1e-6  # fp32 rounding on a huge width
+    err = compare((out,), (ref,), ["predictions"], 416)
+    assert err["scores"] == pytest.approx(0.01, rel=1e-3) and err["boxes"] == pytest.approx(1e-6, rel=0.1)
+    logits = torch.tensor([[100.0, 0.0, -3.0]])
+    assert compare((logits + 1e-3,), (logits,), ["logits"], 32)["logits"] == pytest.approx(1e-5, rel=1e-2)
