@@ -270,6 +270,6 @@ def test_bench_runtimes_opencv_runs_the_darknet_cfg(darknet_dir, capsys):
 
 def test_bench_runtimes_bad_input_is_one_line(capsys):
     assert main(["bench", "yolov4-tiny-s", "--img", "100", "--runtimes", "eager"]) == 2
-    assert "not a multiple of the stride 32" in capsys.readouterr().err
+    assert "--img 100 is not a multiple of the model's stride 32; use 96 or 128" in capsys.readouterr().err
     assert main(["bench", "cspresnet10", "--runtimes", "tensorrt"]) == 2
     assert "unknown runtime 'tensorrt'" in capsys.readouterr().err

@@ -15,7 +15,7 @@ import copy
 import subprocess
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -78,25 +78,19 @@ class Subject:
     hint: str = ""  # `cspnet export` arguments naming the model
     darknet: tuple[Path, Path] | None = None  # (cfg, weights) for OpenCV's darknet importer
     task: str = "classify"
-    extra: dict = field(default_factory=dict)
 
 
 def load_subject(spec: str, img: int | None, darknet_dir: str | Path | None, workdir: Path) -> Subject:
-    """A zoo name, `timm:NAME` or a training checkpoint, ready to measure (its input size checked)."""
-    s = _load_subject(spec, img, darknet_dir, workdir)
-    if callable(getattr(s.model, "check_input", None)):  # a detector's stride: one line, before any export
-        s.model.check_input(torch.zeros(1, getattr(s.model, "in_chans", 3), s.img, s.img))
-    return s
-
-
-def _load_subject(spec: str, img: int | None, darknet_dir: str | Path | None, workdir: Path) -> Subject:
+    """A zoo name, `timm:NAME` or a training checkpoint, ready to measure (its input size checked first)."""
     from cspnet.deploy.export import task_of
+    from cspnet.models.img_size import check_img_size, model_stride, stride_of
     from cspnet.nn.bn import calibrate_bn
 
     if Path(spec).is_file():
-        from cspnet.engine.registry import load_model
+        from cspnet.engine.checkpoint import load_model
 
         model, meta, _ = load_model(spec)
+        check_img_size(img or meta.get("img", 224), model_stride(model))
         return Subject(
             Path(spec).name, model, img or meta.get("img", 224), hint=f"--weights {spec}", task=task_of(model)
         )
@@ -118,7 +112,7 @@ def _load_subject(spec: str, img: int | None, darknet_dir: str | Path | None, wo
     from cspnet.models import create_model, model_info
 
     info = model_info(spec)
-    img = img or info.img_size
+    img = check_img_size(img or info.img_size, stride_of(spec))
     cfg = Path(darknet_dir) / f"{spec}.cfg" if darknet_dir else None
     if cfg is not None and cfg.is_file() and info.task == "detect":
         from cspnet.interop.darknet import from_darknet, random_weights

@@ -124,7 +124,6 @@ def _precision(args: argparse.Namespace) -> str:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    import torch
 
     from cspnet.deploy.export import SUFFIX, export, task_of
     from cspnet.errors import ConfigError
