@@ -94,6 +94,8 @@ def load_calibration(data: str | Path, task: str, img: int, n: int) -> torch.Ten
     from cspnet.data.detection_aug import letterbox, make_sample, read_image
     from cspnet.errors import InputError
 
+    if task == "detect" and Path(data).suffix.lower() == ".zip":
+        raise InputError(f"{data}: a detector calibrates on a folder of images, a data.yaml or a COCO .json")
     tf = eval_transform(img)
     out = []
     for item in calibration_files(data, n):
