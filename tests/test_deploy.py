@@ -229,6 +229,10 @@ def test_runtime_wrapper_rejects_what_it_cannot_run(tmp_path):
     path = tmp_path / "m.torchscript"
     export(randomized("cspresnet10"), path, "torchscript", IMG)
     assert exported_format(path) == "torchscript"
+    m = load_exported(path)
+    assert m.to("cpu").eval() is m
+    with pytest.raises(InputError, match="runs on the CPU"):
+        m.to("cuda")
     with pytest.raises(InputError, match="exported for \\(N, 3, 32, 32\\).*--img 64"):
         load_exported(path)(torch.randn(1, 3, 64, 64))
 

@@ -82,6 +82,12 @@ class ExportedModel:
     def eval(self) -> ExportedModel:
         return self
 
+    def to(self, device: str | torch.device | None = None) -> ExportedModel:
+        """The file runs on the CPU runtimes here: 'cpu' is accepted (a no-op), any other device is refused."""
+        if device is not None and torch.device(device).type != "cpu":
+            raise InputError(f"{self.path.name} runs on the CPU ({self.format}); drop --device {device}")
+        return self
+
     def check_input(self, x: torch.Tensor) -> None:
         want = (self.in_chans, self.img_size, self.img_size)
         if x.dim() != 4 or tuple(x.shape[1:]) != want:
