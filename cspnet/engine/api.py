@@ -81,6 +81,7 @@ class Model:
         options: the task's settings and the TrainCfg fields (epochs, batch, lr, img, ...). Returns the last
         epoch's metrics; the run folder is project/name (default runs/<task>/exp, exp2, ...).
         """
+        self._trainable("train")
         from cspnet.engine.config import flat_values
         from cspnet.engine.launch import TRAIN_FIELDS, new_trainer
 
@@ -135,6 +136,7 @@ class Model:
         save: also write the drawn images, YOLO labels and predictions.json to project/name (default
         runs/<task>/predict, predict2, ...).
         """
+        fuse = fuse and isinstance(self.module, nn.Module)  # an exported file is already what it runs
         if fuse and self._fused is None:  # fused once, reused by later calls; `module` stays trainable
             self._fused = copy.deepcopy(self.module).fuse() if hasattr(self.module, "fuse") else self.module
         pred = Predictor(self._fused if fuse else self.module, self.meta, fuse=False, **options)
@@ -163,5 +165,14 @@ class Model:
         """
         from cspnet.deploy.export import SUFFIX, export
 
+        self._trainable("export")
         path = path or f"{self.name}{SUFFIX.get(format, '')}"
-        return export(copy.deepcopy(self.module), path, format, img_size=img or self.meta["img"], **options)
+        meta = {"model": self.name, "classes": self.names, **options.pop("meta", {})}  # names travel in the file
+        return export(copy.deepcopy(self.module), path, format, img_size=img or self.meta["img"], meta=meta, **options)
+
+    def _trainable(self, what: str) -> None:
+        """An exported file runs (val, predict) but has no PyTorch weights to train or export again."""
+        if not isinstance(self.module, nn.Module):
+            raise ConfigError(
+                f"{self.weights} is an exported file: it can val and predict, not {what}; use the checkpoint it came from"
+            )

@@ -26,11 +26,40 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+def load_exported_model(path: str | Path, task: str | None = None) -> tuple[nn.Module, dict, dict]:
+    """An exported file (`cspnet export`: .onnx, OpenVINO .xml, .torchscript) as load_model returns a checkpoint:
+    the runtime wrapper (deploy.runtime), a meta built from what the file stores, and a stand-in checkpoint."""
+    from cspnet.deploy.runtime import load_exported
+
+    model = load_exported(path)
+    if task and model.task != task:
+        raise InputError(f"{path} is an exported {model.task} model, not a {task} one; use `cspnet {model.task}`")
+    if model.nms:
+        raise InputError(
+            f"{path} was exported with --nms (boxes after NMS inside the graph); val and predict run their own NMS: "
+            "export again without --nms to use it here"
+        )
+    names = list(model.classes or [str(i) for i in range(model.num_classes)])
+    meta = {
+        "model": model.meta.get("model") or Path(path).stem,
+        "num_classes": model.num_classes,
+        "classes": names,
+        "img": model.img_size,
+        "exported": {"format": model.format, "precision": model.precision},
+    }
+    return model, meta, {"task": model.task, "meta": meta}
+
+
 def load_model(weights: str | Path, task: str | None = None) -> tuple[nn.Module, dict, dict]:
-    """(model in eval mode with the EMA weights when saved, its meta, the checkpoint) from a training checkpoint.
+    """(model in eval mode with the EMA weights when saved, its meta, the checkpoint) from a training checkpoint,
+    or from an exported file (then the model is the runtime wrapper: see load_exported_model).
 
     The architecture comes from the checkpoint's meta (task.model_from_meta); the weights must fit it exactly.
     """
+    from cspnet.deploy.runtime import exported_format
+
+    if Path(weights).is_file() and exported_format(weights):
+        return load_exported_model(weights, task)
     ckpt = load_checkpoint(weights)
     name, meta = ckpt.get("task"), ckpt.get("meta")
     if not isinstance(name, str) or not isinstance(meta, dict) or (task and name != task):

@@ -77,7 +77,9 @@ def evaluate(
     Returns the metric's values, "loss" and the loss items (when task.val_loss), and "skipped" (unreadable images).
     Under DDP every rank passes its shard of the data (samplers.ShardSampler) and gets the same values back.
     """
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if device is None:
+        device = next(model.parameters()).device if isinstance(model, nn.Module) else "cpu"  # exported: CPU runtimes
+    device = torch.device(device)
     model = model.to(device).eval()
     metric = metric if metric is not None else task.metric(False)
     if metric is not None:
@@ -92,7 +94,8 @@ def evaluate(
         batch = task.preprocess(to_device(batch, device, channels_last), False)
         with torch.autocast(device.type, amp, enabled=amp is not None):
             preds = task.forward(model, batch, False)
-            loss, items = task.loss(preds, batch) if task.val_loss else (None, None)
+            with_loss = task.val_loss and not (isinstance(preds, dict) and preds.get("no_loss"))
+            loss, items = task.loss(preds, batch) if with_loss else (None, None)
         meter.count(n, loss, items, batch.get("skipped", 0))
         if metric is not None:
             metric.update(preds, batch)

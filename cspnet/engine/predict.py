@@ -37,7 +37,8 @@ LOG = logging.getLogger("cspnet.data")
 
 
 def is_detector(model: nn.Module) -> bool:
-    return hasattr(model, "head") and hasattr(model.head, "decode_boxes")
+    """A YOLO detector, or an exported file of one (its runtime wrapper knows its task)."""
+    return getattr(model, "task", None) == "detect" or (hasattr(model, "head") and hasattr(model.head, "decode_boxes"))
 
 
 def check_classes(classes: Iterable[int] | None, num_classes: int) -> list[int] | None:
@@ -242,7 +243,8 @@ class Predictor:
         self.classes = check_classes(classes, len(self.names))
         if batch < 1:
             raise ConfigError(f"batch must be >= 1, got {batch}")
-        self.batch, self.device = batch, resolve_device(device)
+        exported = not isinstance(model, nn.Module)  # an exported file's runtime wrapper runs on the CPU
+        self.batch, self.device = batch, resolve_device("cpu" if exported and device == "auto" else device)
         fuse = fuse and hasattr(model, "fuse")
         if _copy and (fuse or next(model.parameters()).device != self.device):
             model = copy.deepcopy(model)

@@ -59,7 +59,7 @@ def validate(
             "model.reset_classifier(n))"
         )
     loader = DataLoader(ds, batch, num_workers=workers, collate_fn=task.collate(False))
-    device = dist.setup(device)
+    device = dist.setup("cpu" if device == "auto" and not isinstance(model, torch.nn.Module) else device)
     metric = task.metric(False)
     return evaluate(model, loader, task, metric, device=device, amp=amp_dtype(amp, device)), metric, ds
 

@@ -196,6 +196,8 @@ class DetectTask(TaskBase):
         if train:
             return {"raw": model(images), "head": unwrap(model).head}  # through DDP's forward
         m = unwrap(model)
+        if not hasattr(m, "forward_raw"):  # an exported file: decoded rows only, so no loss
+            return {"decoded": model(images), "eval": True, "no_loss": True}
         raw = m.forward_raw(images)
         return {"raw": raw, "decoded": m.head.decode(raw, tuple(images.shape[-2:])), "head": m.head, "eval": True}
 

@@ -75,7 +75,7 @@ def validate(
     if dist.is_main() and verbose:
         print(src.summary(split), flush=True)
     ds = DetectionDataset(src, img)
-    device = dist.setup(device)
+    device = dist.setup("cpu" if device == "auto" and not isinstance(model, torch.nn.Module) else device)
     shard = ShardSampler(len(ds), dist.rank(), dist.world_size())  # under torchrun each rank scores its share
     loader = DataLoader(ds, batch, sampler=shard, num_workers=workers, collate_fn=detection_collate)
     task = DetectTask(DetectCfg(model=meta["model"], data=data, img=img))

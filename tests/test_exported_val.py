@@ -1,0 +1,94 @@
+"""`val` and `predict` take an exported file (.onnx, OpenVINO .xml, .torchscript) as they take a checkpoint: the
+same data pipeline and evaluator, so every format's accuracy is measured the same way."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cspnet import Model
+from cspnet.cli import main
+from cspnet.data.sample import make_sample
+from cspnet.errors import ConfigError, InputError
+
+FORMATS = {"onnx": ".onnx", "openvino": ".xml", "torchscript": ".torchscript"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A classifier and a detector trained one epoch on the sample data, and their exports in every format."""
+    root = tmp_path_factory.mktemp("exp")
+    data = make_sample(root / "data")
+    runs = root / "runs"
+    common = ["--epochs", "1", "--batch", "16", "--workers", "0", "--project", str(runs), "--exist-ok"]
+    assert main(["classify", "train", "--model", "cspresnet10", "--data", str(data / "classify"), "--img", "32", "--lr", "0.02",
+                 "--name", "cls", *common]) == 0  # fmt: skip
+    assert main(["detect", "train", "--model", "yolov4-tiny", "--width", "0.25", "--img", "64", "--name", "det",
+                 "--data", str(data / "detect" / "data.yaml"), *common]) == 0  # fmt: skip
+    out = {}
+    for task in ("cls", "det"):
+        best = runs / task / "weights" / "best.pt"
+        out[task] = {"pt": best}
+        for fmt, suffix in FORMATS.items():
+            path = root / f"{task}{suffix}"
+            assert main(["export", "--weights", str(best), "--format", fmt, "--out", str(path), "--runs", "0"]) == 0
+            out[task][fmt] = path
+    return data, out
+
+
+def _val(argv, capsys) -> dict:
+    capsys.readouterr()
+    assert main([*argv, "--workers", "0", "--json"]) == 0
+    return json.loads(next(line for line in capsys.readouterr().out.splitlines() if line.startswith("{")))
+
+
+@pytest.mark.slow
+def test_classify_val_and_predict_on_every_format(trained, capsys, tmp_path):
+    data, files = trained
+    ref = _val(["classify", "val", "--weights", str(files["cls"]["pt"]), "--data", str(data / "classify")], capsys)
+    img = str(data / "classify" / "val" / "square")
+    for fmt in FORMATS:
+        got = _val(["classify", "val", "--weights", str(files["cls"][fmt]), "--data", str(data / "classify")], capsys)
+        assert got["top1"] == ref["top1"] and got["loss"] == pytest.approx(ref["loss"], rel=1e-4, abs=1e-4), fmt
+    preds = {}
+    for w in ("pt", *FORMATS):
+        out = tmp_path / f"{w}.json"
+        assert main(["classify", "predict", "--weights", str(files["cls"][w]), img, "--json", str(out)]) == 0
+        preds[w] = [r["top"][0]["class"] for r in json.loads(out.read_text())]
+    assert all(p == preds["pt"] for p in preds.values())
+
+
+@pytest.mark.slow
+def test_detect_val_and_predict_on_every_format(trained, capsys):
+    data, files = trained
+    yaml = str(data / "detect" / "data.yaml")
+    ref = _val(["detect", "val", "--weights", str(files["det"]["pt"]), "--data", yaml], capsys)
+    for fmt in FORMATS:
+        got = _val(["detect", "val", "--weights", str(files["det"][fmt]), "--data", yaml], capsys)
+        assert got["map50"] == pytest.approx(ref["map50"], abs=1e-3) and got["loss"] is None, fmt  # no raw outputs
+    from cspnet.engine.predict import Predictor
+
+    one = str(data / "detect" / "images" / "val" / "val_000.jpg")
+    base = Predictor.load(files["det"]["pt"], "detect", conf=0.001)(one)[0]
+    for fmt in FORMATS:
+        r = Predictor.load(files["det"][fmt], "detect", conf=0.001)(one)[0]
+        assert torch.equal(r.classes, base.classes) and torch.allclose(r.boxes, base.boxes, atol=1e-3), fmt
+
+
+@pytest.mark.slow
+def test_exported_files_are_refused_where_they_cannot_go(trained, tmp_path):
+    data, files = trained
+    nms = tmp_path / "nms.onnx"
+    assert main(["export", "--weights", str(files["det"]["pt"]), "--nms", "--out", str(nms), "--runs", "0"]) == 0
+    with pytest.raises(InputError, match="exported with --nms"):
+        Model(nms)
+    with pytest.raises(InputError, match="exported classify model, not a detect one"):
+        from cspnet.engine.checkpoint import load_model
+
+        load_model(files["cls"]["onnx"], "detect")
+    m = Model(files["cls"]["onnx"])
+    assert m.task == "classify" and m.names == ["circle", "square", "triangle"]
+    with pytest.raises(ConfigError, match="exported file: it can val and predict, not train"):
+        m.train(data=str(data / "classify"))
