@@ -190,5 +190,6 @@ if __name__ == "__main__":
     args = sys.argv[1:]
     if not args or args[0] != "--update":
         raise SystemExit(__doc__)
-    chosen = [p for p in PAGES if not args[1:] or any(a in p.name for a in args[1:])]
+    pages = [*PAGES, REPO / "README.md"]  # the README's journeys run in tests/test_readme.py
+    chosen = [p for p in pages if not args[1:] or any(a in p.name for a in args[1:])]
     update(chosen)
