@@ -184,3 +184,20 @@ def test_coco_metric_perfect_and_wrong():
     m = metric.compute()
     assert m["map50"] < 0.2 and metric.details["confusion"][2] != [0, 0, 0]
     assert coco_eval(metric.gt, [])[0].sum() == 0  # no predictions: zeros, no crash
+
+
+@pytest.mark.parametrize("logit", [60.0, -120.0])
+def test_runaway_box_logits_keep_loss_and_gradients_finite(logit):
+    """exp(t) * anchor overflowed CIoU's squares (t >> 0) or gave a 0 x 0 box with atan(0 / 0) (t << 0): NaN
+    gradients, then NaN weights a step later (seen training yolov4-tiny on 48 images)."""
+    raw = raw_outputs(requires_grad=True)
+    with torch.no_grad():
+        raw[0][..., 2:4] = logit
+        raw[1][..., 2:4] = logit
+    targets = torch.tensor([[0, 1, 10, 12, 30, 40.0], [1, 0, 20, 20, 60, 50.0]])
+    for fn in (YoloLoss(Head(), LossCfg()), YoloLoss(Head(), LossCfg()).per_image):
+        total, parts = fn(raw, targets)
+        assert torch.isfinite(total) and all(torch.isfinite(v) for v in parts.values())
+    total, _ = YoloLoss(Head(), LossCfg())(raw, targets)
+    total.backward()
+    assert all(torch.isfinite(r.grad).all() for r in raw)

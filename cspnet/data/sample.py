@@ -17,11 +17,11 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 CLASSES = ("circle", "square", "triangle")
-COLORS = ((220, 40, 40), (40, 160, 60), (50, 90, 220), (230, 180, 30), (160, 60, 200))
+COLORS = ((240, 60, 60), (60, 220, 90), (80, 140, 255), (250, 210, 40), (220, 110, 250))  # bright on dark
 
 
 def _background(rng: random.Random, size: int) -> Image.Image:
-    base = [rng.randint(0, 255) for _ in range(3)]
+    base = [rng.randint(0, 80) for _ in range(3)]  # dark, so every shape stands out as a user's objects would
     img = Image.new("RGB", (size, size), tuple(base))
     px = img.load()
     for _ in range(size * size // 8):  # sparse noise: the shapes are not the only texture

@@ -38,6 +38,10 @@ class LossCfg:
     label_smoothing: float = 0.0
 
 
+WH_LOGIT_MAX = 4.0  # e^4 = 55x the anchor: beyond any real box at the sizes trained here
+WH_MIN = 1e-3  # pixels: the smallest predicted w, h CIoU sees
+
+
 class YoloLoss:
     """loss(raw, targets) for a model with the YOLO head interface; targets (M, 6): image, class, x1, y1, x2, y2."""
 
@@ -97,7 +101,10 @@ class YoloLoss:
         lbox, lobj, lcls = (torch.zeros((), device=dev) for _ in range(3))
         pos_t, neg_t = 1.0 - 0.5 * c.label_smoothing, 0.5 * c.label_smoothing
         for level, (r, (ti, b, a, gy, gx)) in enumerate(zip(raw, self.assign(raw, targets))):
-            boxes = self.head.decode_boxes(r, level)  # (B, A, H, W, 4) cx, cy, w, h
+            # exp(t) * anchor overflows CIoU's squares (NaN gradients) once a w/h logit runs away; clamped here only,
+            # so a box can still reach WH_LOGIT_MAX e-fold an anchor, and inference decodes as darknet does
+            rb = torch.cat([r[..., :2], r[..., 2:4].clamp(max=WH_LOGIT_MAX), r[..., 4:]], -1)
+            boxes = self.head.decode_boxes(rb, level)  # (B, A, H, W, 4) cx, cy, w, h
             obj_target = torch.zeros(r.shape[:4], device=dev)
             obj_weight = torch.ones(r.shape[:4], device=dev)
             if len(targets):  # darknet's ignore_thresh: good unassigned guesses are not pushed to background
@@ -109,7 +116,10 @@ class YoloLoss:
                             best = box_iou(pred_xyxy[i].reshape(-1, 4), gt).amax(1).view(r.shape[1:4])
                             obj_weight[i][best > c.ignore_thresh] = 0.0
             if len(ti):
-                pbox = box_convert(boxes[b, a, gy, gx], "cxcywh", "xyxy")
+                # a w/h logit far below zero decodes to a 0 x 0 box, whose CIoU aspect term is atan(0 / 0); exp(t)
+                # is that small only where its gradient is nil anyway
+                p = boxes[b, a, gy, gx]
+                pbox = box_convert(torch.cat([p[:, :2], p[:, 2:4].clamp(min=WH_MIN)], 1), "cxcywh", "xyxy")
                 lbox = lbox + complete_box_iou_loss(pbox, targets[ti, 2:6], reduction="mean")
                 obj_target[b, a, gy, gx] = 1.0
                 obj_weight[b, a, gy, gx] = 1.0
