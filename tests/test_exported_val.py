@@ -88,6 +88,8 @@ def test_exported_files_are_refused_where_they_cannot_go(trained, tmp_path):
         from cspnet.engine.checkpoint import load_model
 
         load_model(files["cls"]["onnx"], "detect")
+    assert main(["export", "--weights", str(files["cls"]["onnx"]), "--out", str(tmp_path / "again.onnx")]) == 2
+    assert not (tmp_path / "again.onnx").exists()
     m = Model(files["cls"]["onnx"])
     assert m.task == "classify" and m.names == ["circle", "square", "triangle"]
     with pytest.raises(ConfigError, match="exported file: it can val and predict, not train"):

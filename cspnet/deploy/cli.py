@@ -33,6 +33,14 @@ def _load_for_export(args: argparse.Namespace):
 
     name, overrides = args.model, dict(args.override or [])
     if args.weights:
+        from cspnet.deploy.runtime import exported_format
+
+        fmt = exported_format(args.weights) if Path(args.weights).is_file() else None
+        if fmt:
+            raise ConfigError(
+                f"{args.weights} is already an exported {fmt} file; export from the checkpoint it came from "
+                "(weights/best.pt)"
+            )
         sd, meta = read_checkpoint(args.weights)
         if meta is not None:  # a `cspnet <task> train` checkpoint: built as it was trained
             from cspnet.engine.checkpoint import load_model
