@@ -23,7 +23,7 @@ from cspnet.errors import ConfigError, InputError
 from cspnet.io import atomic_write, torch_load
 
 if TYPE_CHECKING:
-    from cspnet.models.registry import ModelInfo
+    from cspnet.models.info import ModelInfo
 
 CHECKSUM_KEY = "cspnet_crc32"  # safetensors metadata: CRC-32 of the tensor bytes, as cspnet wrote them
 
