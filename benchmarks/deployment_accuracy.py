@@ -56,14 +56,11 @@ def val(task: str, weights: str, data: str, split: str, workers: int) -> tuple[f
 
 def measure(task: str, ckpt: str, data: str, calib: str, split: str, args, tmp: Path) -> list[dict]:
     fp32, fp32_cmd = val(task, ckpt, data, split, args.workers)
+    isa = machine_info(2)["isa"]
     rows = []
     for path, flags in PATHS.items():
         runtime, precision = path.split(":")
-        if (
-            precision == "bf16"
-            and "avx512_bf16" not in machine_info(2)["isa"]
-            and "amx_bf16" not in machine_info(2)["isa"]
-        ):
+        if precision == "bf16" and "avx512_bf16" not in isa and "amx_bf16" not in isa:
             rows.append({"task": task, "path": path, "skipped": "no AVX-512 BF16 / AMX on this CPU"})
             continue
         out = tmp / f"{task}-{precision}{SUFFIX[runtime]}"

@@ -26,6 +26,12 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+def run_device(model: nn.Module, device: str) -> str:
+    """The device to run `model` on: "auto" picks CUDA when there is one, but an exported file (the runtime
+    wrapper load_model gives) runs on its CPU runtimes."""
+    return "cpu" if device == "auto" and not isinstance(model, nn.Module) else device
+
+
 def load_exported_model(path: str | Path, task: str | None = None) -> tuple[nn.Module, dict, dict]:
     """An exported file (`cspnet export`: .onnx, OpenVINO .xml, .torchscript) as load_model returns a checkpoint:
     the runtime wrapper (deploy.runtime), a meta built from what the file stores, and a stand-in checkpoint."""

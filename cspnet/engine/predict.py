@@ -243,8 +243,9 @@ class Predictor:
         self.classes = check_classes(classes, len(self.names))
         if batch < 1:
             raise ConfigError(f"batch must be >= 1, got {batch}")
-        exported = not isinstance(model, nn.Module)  # an exported file's runtime wrapper runs on the CPU
-        self.batch, self.device = batch, resolve_device("cpu" if exported and device == "auto" else device)
+        from cspnet.engine.checkpoint import run_device
+
+        self.batch, self.device = batch, resolve_device(run_device(model, device))
         fuse = fuse and hasattr(model, "fuse")
         if _copy and (fuse or next(model.parameters()).device != self.device):
             model = copy.deepcopy(model)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from torch import nn
 
+from cspnet import hub
 from cspnet.errors import ConfigError
 from cspnet.interop.timm import timm_pretrained
 from cspnet.models.weights import (
@@ -30,22 +31,13 @@ def load_darknet(model: nn.Module, path: Path) -> None:
 
     got = load_darknet_weights(model, path)
     head = getattr(model, "head", None)
-    whole = got["layers"] == len(darknet_layers(model)) and got["file_classes"] == getattr(model, "num_classes", None)
-    if head is not None and hasattr(head, "one_class_logit") and whole:
+    if hasattr(head, "one_class_logit") and got["convs"] == got["total_convs"]:  # nothing partial, nothing skipped
         head.one_class_logit = True
-
-
-def darknet_layers(model: nn.Module) -> list:
-    from cspnet.interop.darknet.transfer import darknet_layout
-
-    return darknet_layout(model).layers
 
 
 def published_weights(info) -> Path:
     """pretrained=True for a model whose authors published darknet weights (yolov4, yolov4-tiny, yolov4-csp): the
     cached download of the file the weights table names for it."""
-    from cspnet import hub
-
     entry = hub.lookup(info.name)
     if entry is None or entry.model != info.name:
         raise ConfigError(
@@ -58,4 +50,4 @@ def published_weights(info) -> Path:
 register_weights_format("darknet", load_darknet)
 register_pretrained_source("timm", timm_pretrained)
 register_published_file(published_weights)
-register_resolver(lambda spec: __import__("cspnet.hub", fromlist=["resolve"]).resolve(spec))
+register_resolver(hub.resolve)

@@ -12,7 +12,7 @@ import torch
 
 from cspnet.cli_args import add_output, fraction, image_size, nonneg_float, positive_int
 from cspnet.data import ImageDataset
-from cspnet.engine.checkpoint import load_model
+from cspnet.engine.checkpoint import load_model, run_device
 from cspnet.engine.cli import add_eval_args
 from cspnet.engine.task_registry import TaskSpec, register_task
 from cspnet.engine.tasks.classify import ClassifyCfg, ClassifyTask, TopKAccuracy
@@ -59,7 +59,7 @@ def validate(
             "model.reset_classifier(n))"
         )
     loader = DataLoader(ds, batch, num_workers=workers, collate_fn=task.collate(False))
-    device = dist.setup("cpu" if device == "auto" and not isinstance(model, torch.nn.Module) else device)
+    device = dist.setup(run_device(model, device))
     metric = task.metric(False)
     return evaluate(model, loader, task, metric, device=device, amp=amp_dtype(amp, device)), metric, ds
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from cspnet.data.detection import DetSource, open_detection
-from cspnet.engine.checkpoint import load_model
+from cspnet.engine.checkpoint import load_model, run_device
 from cspnet.engine.metrics_coco import CocoMetric
 from cspnet.engine.task_registry import TaskSpec, register_task
 from cspnet.engine.tasks.detect import DetectCfg, DetectTask
@@ -75,7 +75,7 @@ def validate(
     if dist.is_main() and verbose:
         print(src.summary(split), flush=True)
     ds = DetectionDataset(src, img)
-    device = dist.setup("cpu" if device == "auto" and not isinstance(model, torch.nn.Module) else device)
+    device = dist.setup(run_device(model, device))
     shard = ShardSampler(len(ds), dist.rank(), dist.world_size())  # under torchrun each rank scores its share
     loader = DataLoader(ds, batch, sampler=shard, num_workers=workers, collate_fn=detection_collate)
     task = DetectTask(DetectCfg(model=meta["model"], data=data, img=img))
