@@ -203,3 +203,48 @@ def test_convergence_study_writes_curves_and_a_plateau_verdict(data, tmp_path):
         and "--budget converge_cpu --epochs 4" in md
     )
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_finished_run_continues_at_its_final_lr(data, tmp_path):
+    """Budget.held_to: a finished run asked for more epochs resumes from its last.pt; the added epochs run at the
+    final lr and the first ones are kept, not retrained (protocol amendment 1 of docs/results/protocol.md)."""
+    from cspnet.ablate.study import Study, StudyCfg
+    from cspnet.errors import ConfigError
+
+    budget = get_budget("smoke", "resnet10", epochs=2, cooldown_epochs=1, workers=0)
+    assert budget.held_to(4).cooldown_epochs == 3 and budget.held_to(4).recipe()["lr"] == budget.lr
+    with pytest.raises(ConfigError, match="cannot shorten"):
+        budget.held_to(1)
+    study = Study(StudyCfg(base="resnet10", budget=budget, data=str(data), project=str(tmp_path), name="held"))
+    study.open()
+    v = study.variants[0]
+    first = study.train_one(v, 0)
+    assert first["epochs"] == 2 and not first["resumed"]
+    assert study.train_one(v, 0) == first  # done: skipped
+    more = study.train_one(v, 0, epochs=4)
+    assert more["resumed"] and more["epochs"] == 4 and more["curve"][:2] == first["curve"]
+    lrs = [float(r["lr"]) for r in csv.DictReader((study.run_dir(v, 0) / "results.csv").open())]
+    assert len(lrs) == 4 and lrs[2] == pytest.approx(lrs[3]) == pytest.approx(budget.lr * 0.01)
+    assert study.done["skipped"] == ["plain/seed0"] and study.done["resumed"] == ["plain/seed0"]
+
+
+def test_evidence_lane_extends_runs_that_miss_the_plateau(data, tmp_path, monkeypatch):
+    """benchmarks/evidence_classify.py: each run to the budget's length first, then +EXTEND epochs at a time while
+    the plateau criterion misses, up to MAX_EPOCHS; the run JSON keeps the figure at the budget's length."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("evc", Path(__file__).parents[1] / "benchmarks/evidence_classify.py")
+    evc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evc)
+    monkeypatch.setattr(evc, "BUDGET", "smoke")
+    monkeypatch.setattr(evc, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(evc, "EXTEND", 1)
+    monkeypatch.setattr(evc, "MAX_EPOCHS", 3)
+    argv = ["lane", "--data", str(data), "--project", str(tmp_path / "runs"), "--workers", "0"]
+    evc.main([*argv, "--units", "resnet10:0,cspresnet10:0"])
+    for model in ("resnet10", "cspresnet10"):
+        r = json.loads((tmp_path / "results" / f"{model}_seed0.json").read_text())
+        assert r["epochs"] == 3 and len(r["curve_top1"]) == 3 and r["extended_by_amendment_1"], model
+        assert r["top1_at_1"] == r["curve_top1"][0] and r["final_top1"] == r["curve_top1"][-1]
+        assert r["plateau"] == {"holds": False, "move": None}  # 3 epochs are too few for two 5-epoch windows
+    assert evc.next_epochs("resnet10", 0, 1) is None

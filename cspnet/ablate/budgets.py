@@ -57,6 +57,15 @@ class Budget:
         """The settings that must match for results to be comparable (what study.json pins)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in RUNTIME and k != "name"}
 
+    def held_to(self, epochs: int) -> Budget:
+        """The same recipe run to `epochs`: the added epochs at the final lr (the cosine still ends where it did), so
+        a finished run continues from its last.pt as if it had been planned this long."""
+        if epochs < self.epochs:
+            raise ConfigError(
+                f"cannot shorten a run from {self.epochs} to {epochs} epochs; pass at least {self.epochs}"
+            )
+        return dataclasses.replace(self, epochs=epochs, cooldown_epochs=self.cooldown_epochs + epochs - self.epochs)
+
     def train_cfg(self, seed: int, save_dir: str) -> TrainCfg:
         """How the engine trains one variant: the budget's fields that are TrainCfg fields (epochs, lr, ema_decay...)."""
         return TrainCfg(**_shared(self, TrainCfg), seed=seed, save_dir=save_dir)

@@ -185,12 +185,13 @@ class Study:
         prefix = dist.PrefixStore(f"cspnet_ablate_{self._groups}", store)
         dist.init_process_group("nccl" if cuda else "gloo", store=prefix, rank=rank, world_size=world)
 
-    def train_one(self, v: GridVariant, seed: int) -> dict:
-        """Train one variant with one seed; skipped when train.json exists, resumed when last.pt does."""
-        b = self.cfg.budget
+    def train_one(self, v: GridVariant, seed: int, epochs: int | None = None) -> dict:
+        """Train one variant with one seed; skipped when train.json exists, resumed when last.pt does. `epochs` beyond
+        the budget's continue the run at its final lr (Budget.held_to): a finished run resumes from its last.pt."""
+        b = self.cfg.budget if epochs is None else self.cfg.budget.held_to(epochs)
         run = self.run_dir(v, seed)
         done = read_json(run / "train.json")
-        if done is not None:
+        if done is not None and done["epochs"] >= b.epochs:
             self.done["skipped"].append(f"{v.label}/seed{seed}")
             return done
         if self.main:
