@@ -167,36 +167,83 @@ def measure(args) -> None:
     (RESULTS / "measure.json").write_text(json.dumps(out, indent=1) + "\n")
 
 
-def summary() -> dict:
-    """The committed run JSONs and measure.json in one dict: per model the finals, mean, std, plateau per run; the
-    difference with its standard error and the smallest difference the study can detect."""
+def mean_std(xs: list[float]) -> tuple[float | None, float | None]:
+    return (statistics.fmean(xs) if xs else None), (statistics.stdev(xs) if len(xs) > 1 else None)
+
+
+def difference(a: list[float], b: list[float]) -> dict | None:
+    """mean(a) - mean(b) with its standard error and the smallest difference detectable (80% power, 5%)."""
+    (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
+    if sa is None or sb is None:
+        return None
+    se = (sa**2 / len(a) + sb**2 / len(b)) ** 0.5
+    return {"delta": ma - mb, "se": se, "detectable": 2.8 * se}
+
+
+def summary(base: int = 40) -> dict:
+    """The committed run JSONs and measure.json in one dict: per model the finals (each run where it stopped, see
+    protocol amendment 1), mean, std, length and plateau per run, and the same at the budget's `base` epochs; the
+    differences with their standard errors and the smallest difference the study can detect."""
     models = {}
     for m in PAIR:
         runs = [json.loads(result_path(m, s).read_text()) for s in range(SEEDS) if result_path(m, s).is_file()]
         finals = [r["final_top1"] for r in runs]
+        at_base = [r["curve_top1"][base - 1] for r in runs if len(r["curve_top1"]) >= base]
+        mean, std = mean_std(finals)
         models[m] = {
             "seeds": [r["seed"] for r in runs],
             "final_top1": finals,
-            "mean": statistics.fmean(finals) if finals else None,
-            "std": statistics.stdev(finals) if len(finals) > 1 else None,
+            "epochs": [len(r["curve_top1"]) for r in runs],
+            "mean": mean,
+            "std": std,
+            f"top1_at_{base}": at_base,
             "plateau": [plateau(r["curve_top1"]) for r in runs],
             "curves": {r["seed"]: r["curve_top1"] for r in runs},
             "machine": runs[0]["machine"] if runs else None,
         }
     csp, plain = (models[m] for m in PAIR)
-    out = {"pair": PAIR, "budget": BUDGET, "seeds_planned": SEEDS, "models": models, "diff": None}
-    if csp["std"] is not None and plain["std"] is not None:
-        se = (csp["std"] ** 2 / len(csp["final_top1"]) + plain["std"] ** 2 / len(plain["final_top1"])) ** 0.5
-        out["diff"] = {"delta": csp["mean"] - plain["mean"], "se": se, "detectable": 2.8 * se}
+    out = {"pair": PAIR, "budget": BUDGET, "seeds_planned": SEEDS, "base_epochs": base, "models": models}
+    out["diff"] = difference(csp["final_top1"], plain["final_top1"])
+    out[f"diff_at_{base}"] = difference(csp[f"top1_at_{base}"], plain[f"top1_at_{base}"])
     mpath = RESULTS / "measure.json"
     out["measure"] = json.loads(mpath.read_text()) if mpath.is_file() else None
     return out
+
+
+def plot(s: dict, path: Path) -> None:
+    """Every run's test top-1 per epoch, both twins: all epochs, and the tail where the plateau criterion looks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (full, tail) = plt.subplots(1, 2, figsize=(11, 4))
+    for (name, m), color in zip(s["models"].items(), ("tab:red", "tab:blue"), strict=True):
+        for seed, curve in m["curves"].items():
+            for ax in (full, tail):
+                ax.plot(range(1, len(curve) + 1), curve, color=color, alpha=0.8, label=f"{name} seed {seed}")
+    tail.set_xlim(
+        s["base_epochs"] - 2 * WINDOW - 5,
+        max((len(c) for m in s["models"].values() for c in m["curves"].values()), default=40) + 1,
+    )
+    lows = [min(c[-2 * WINDOW :]) for m in s["models"].values() for c in m["curves"].values()]
+    if lows:
+        tail.set_ylim(min(lows) - 1, None)
+    for ax, title in ((full, "all epochs"), (tail, "the tail at the final lr")):
+        ax.set(xlabel="epoch", ylabel="test top-1 (%), EMA weights", title=title)
+        ax.grid(alpha=0.3)
+    full.legend(fontsize=7)
+    fig.suptitle(f"CIFAR-10, {PAIR[0]} vs {PAIR[1]} ({BUDGET})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def report(args) -> None:
     s = summary()
     path = RESULTS.parent / "classify.json"
     path.write_text(json.dumps(s, indent=1) + "\n")
+    plot(s, RESULTS.parent / "classify.png")
     for m, x in s["models"].items():
         print(m, x["final_top1"], [p["move"] for p in x["plateau"]])
     print("diff", s["diff"], "->", path)
