@@ -102,3 +102,31 @@ def test_backbone_weights_under_a_fresh_neck_and_head(tmp_path, capsys):
         cspnet.create_model("yolov4-tiny", pretrained_backbone=tmp_path / "cd53.safetensors")
     with pytest.raises(ConfigError, match="pretrained_backbone is for detectors"):
         cspnet.create_model("resnet10", pretrained_backbone=tmp_path / "cd53.safetensors")
+
+
+def test_fine_tuning_a_one_class_darknet_model_scores_by_objectness(tmp_path):
+    """darknet trained the class logit of a one-class model, our loss does not: once training starts the head scores
+    by objectness, during validation as after its checkpoint is reloaded."""
+    from cspnet.engine.tasks.detect import DetectCfg, DetectTask
+
+    torch.manual_seed(0)
+    src = cspnet.create_model("yolov4-tiny", num_classes=1, width=0.25).eval()
+    src.head.one_class_logit = True  # as darknet trains it: a class logit of its own
+    _, weights = to_darknet(src, tmp_path / "one.cfg", tmp_path / "one.weights", img=64)
+    assert cspnet.create_model("yolov4-tiny", pretrained=weights, num_classes=1, width=0.25).head.one_class_logit
+    data = make_sample(tmp_path / "sample") / "detect"
+    for label in (data / "labels").rglob("*.txt"):  # every object is class 0: a one-class dataset
+        label.write_text("".join("0" + line[line.index(" ") :] + "\n" for line in label.read_text().splitlines()))
+    (data / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/val\nnames:\n  0: shape\n")
+    cfg = DetectCfg(model="yolov4-tiny", data=str(data / "data.yaml"), img=64, weights=str(weights), width=0.25)
+    model = DetectTask(cfg).build_model()
+    assert model.num_classes == 1 and not model.head.one_class_logit
+    ref = src.state_dict()["head.preds.0.weight"]
+    assert torch.equal(model.state_dict()["head.preds.0.weight"], ref)  # the darknet weights were loaded
+    # and what fine-tuning saves goes back to darknet scoring as it does here (class probability written as 1)
+    model.eval()
+    cfg2, weights2 = to_darknet(model, tmp_path / "ft.cfg", tmp_path / "ft.weights", img=64)
+    back = cspnet.create_model("yolov4-tiny", pretrained=weights2, num_classes=1, width=0.25).eval()
+    x = torch.rand(1, 3, 64, 64)
+    assert back.head.one_class_logit and torch.allclose(back(x), model(x), atol=1e-5)
+    assert back(x)[..., 5].min() == 1.0

@@ -147,6 +147,9 @@ class DetectTask(TaskBase):
             load_detector_backbone(model, True if spec == "timm" else spec)
         if self.cfg.weights:
             load_into(model, self.cfg.weights)
+        # a darknet model's trained one-class logit goes stale here (the loss has no class term for one class):
+        # score by objectness while training, as the saved checkpoint (which does not keep the flag) will
+        model.head.one_class_logit = False
         if self.cfg.auto_anchors:
             self.fit_anchors(model)
         return model

@@ -153,14 +153,32 @@ def load_darknet_weights(model: nn.Module, path: str | Path, verbose: bool = Tru
     return dict(layers=n, convs=loaded, total_convs=convs, file_classes=file_classes, seen=head.seen)
 
 
+def _scored_as_darknet(model: nn.Module) -> nn.Module:
+    """A one-class detector that scores by objectness (its class logit untrained, YoloHead.one_class_logit False)
+    as darknet reads it: a copy whose class logit is a constant probability of 1 (weights 0, bias 30, whose sigmoid
+    is 1.0 in float32), so that darknet, OpenCV and a re-import score exactly as the model does."""
+    head = getattr(model, "head", None)
+    if getattr(head, "num_classes", None) != 1 or getattr(head, "one_class_logit", True):
+        return model
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for pred in model.head.preds:
+            pred.weight.view(head.num_anchors, -1, *pred.weight.shape[1:])[:, 5:] = 0
+            pred.bias.view(head.num_anchors, -1)[:, 5:] = 30.0
+    model.head.one_class_logit = True
+    return model
+
+
 def to_darknet(
     model: nn.Module, cfg: str | Path, weights: str | Path, img: int | None = None, verify: bool = True
 ) -> tuple[Path, Path]:
     """Write a native detector (any class count, anchors) or classifier as a darknet `.cfg` + `.weights` pair.
 
     darknet and OpenCV's readNetFromDarknet load the pair. img: [net] width and height (default: the model's zoo
-    input size). verify: check that the cfg model computes what `model` does on a random batch.
+    input size). verify: check that the cfg model computes what `model` does on a random batch. A one-class model
+    trained here (no class term in the loss) is written with a constant class probability of 1, as it scores.
     """
+    model = _scored_as_darknet(model)
     text = cfg_text(model, img)
     dk = DarknetModel(parse_cfg_text(text, str(cfg)))
     plan = _plan(dk, model)
