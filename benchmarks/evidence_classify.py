@@ -32,7 +32,8 @@ EXTEND, MAX_EPOCHS = 5, 60  # protocol amendment 1: a run that misses the criter
 
 
 def units(seeds: int) -> list[tuple[str, int]]:
-    """Seed-major, so both twins of a seed finish together."""
+    """Seed-major, so both twins of a seed finish together; the slower plain twin first (lanes take the first free
+    run, so the longest go first and the lanes end together)."""
     return [(m, s) for s in range(seeds) for m in (PAIR[1], PAIR[0])]
 
 
@@ -78,18 +79,27 @@ def next_epochs(model: str, seed: int, base: int) -> int | None:
 
 
 def lane(args) -> None:
-    """Train the given units in this process (one lane of --jobs): every run to the budget's length first, then the
-    extensions of those that missed the criterion, round by round."""
+    """One lane of --jobs: take the first run no other lane holds (every run to the budget's length first, then the
+    extensions of those that missed the criterion), until none is left for this lane."""
     import torch
+
+    from cspnet.engine.run import RunInUse
 
     torch.set_num_threads(args.threads)
     s = study(args, args.data)
     variants = {v.model: v for v in s.variants}
-    mine = [(m, int(k)) for m, k in (item.split(":") for item in args.units.split(","))]
+    order = [(m, int(k)) for m, k in (item.split(":") for item in args.units.split(","))]
     base = s.cfg.budget.epochs
-    while todo := [(n, k, m) for m, k in mine if (n := next_epochs(m, k, base)) is not None]:
-        for n, seed, model in sorted(todo):
-            run_to(args, s, variants[model], seed, n)
+    while todo := [(n, i) for i, u in enumerate(order) if (n := next_epochs(*u, base)) is not None]:
+        for n, i in sorted(todo):
+            model, seed = order[i]
+            try:
+                run_to(args, s, variants[model], seed, n)
+                break
+            except RunInUse:  # another lane trains it
+                continue
+        else:
+            return  # the rest is in other lanes' hands
 
 
 def run_to(args, s, v, seed: int, epochs: int) -> None:
@@ -137,14 +147,12 @@ def train(args) -> None:
         return
     s.open()  # pins the recipe once, before the lanes start
     procs = []
-    for i in range(args.jobs):
-        mine = [u for u in units(SEEDS)[i :: args.jobs] if u in todo]  # one model per lane when --jobs 2
-        if not mine:
-            continue
+    for _ in range(min(args.jobs, len(todo))):  # every lane sees every run and takes the first free one
         argv = [sys.executable, __file__, "lane", "--data", args.data, "--project", args.project]
         argv += ["--threads", str(args.threads), "--workers", str(args.workers), "--jobs", str(args.jobs)]
-        argv += ["--units", ",".join(f"{m}:{s}" for m, s in mine)] + (["--commit"] if args.commit else [])
+        argv += ["--units", ",".join(f"{m}:{s}" for m, s in units(SEEDS))] + (["--commit"] if args.commit else [])
         procs.append(subprocess.Popen(argv))
+        time.sleep(20)  # the first lane holds its run before the next one looks
     sys.exit(max(p.wait() for p in procs))
 
 

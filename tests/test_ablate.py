@@ -240,7 +240,16 @@ def test_evidence_lane_extends_runs_that_miss_the_plateau(data, tmp_path, monkey
     monkeypatch.setattr(evc, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(evc, "EXTEND", 1)
     monkeypatch.setattr(evc, "MAX_EPOCHS", 3)
+    from cspnet.engine.run import RunDir
+
     argv = ["lane", "--data", str(data), "--project", str(tmp_path / "runs"), "--workers", "0"]
+    held = tmp_path / "runs" / "cspresnet10_vs_resnet10" / "plain" / "seed0"
+    held.mkdir(parents=True)
+    other_lane = RunDir(held, fresh=True)  # another lane trains resnet10: this one takes the next run and stops
+    evc.main([*argv, "--units", "resnet10:0,cspresnet10:0"])
+    assert not (tmp_path / "results" / "resnet10_seed0.json").exists()
+    assert json.loads((tmp_path / "results" / "cspresnet10_seed0.json").read_text())["epochs"] == 3
+    other_lane.release(keep=False)
     evc.main([*argv, "--units", "resnet10:0,cspresnet10:0"])
     for model in ("resnet10", "cspresnet10"):
         r = json.loads((tmp_path / "results" / f"{model}_seed0.json").read_text())

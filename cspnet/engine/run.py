@@ -14,6 +14,10 @@ except ImportError:  # Windows: the atomic mkdir still keeps two new runs apart
     fcntl = None
 
 
+class RunInUse(ConfigError):
+    """The run folder is locked by another training (a scheduler may pick another run)."""
+
+
 class RunDir:
     """A run folder this process holds: `release()` unlocks it, and removes it when it was new and kept nothing."""
 
@@ -28,7 +32,7 @@ class RunDir:
                 self._lock.seek(0)
                 pid = self._lock.read().strip() or "?"
                 self._lock.close()
-                raise ConfigError(
+                raise RunInUse(
                     f"run folder {path} is in use by another training (pid {pid}); wait for it or pick another --name"
                 ) from None
             self._lock.seek(0)
