@@ -63,7 +63,9 @@ def claim_compute(rows: list[dict], speed: dict | None) -> list[str]:
     out = [
         f"Paper: CSP cuts computation (the project brief quotes 10-30%). Ours: MACs {min(cuts):.0%} to "
         f"{max(cuts):.0%} below the twin at 224x224 (`torch.utils.flop_counter`). **Verdict: {verdict}** "
-        "(MACs are the design's, the same on any machine).",
+        "(MACs are the design's, the same on any machine). These rows have ImageNet heads (1000 classes) and come "
+        "from one `cspnet bench` run (section 3); the CIFAR pair's own rows in section 2 have 10-class heads and "
+        "come from another run, so cspresnet10's params ratio and latencies differ between the two tables.",
         "",
         "| CSP model | twin | params ratio | MACs ratio | fused CPU latency ratio, batch 1 | batch 8 |",
         "|---|---|---:|---:|---:|---:|",

@@ -88,13 +88,14 @@ BUDGETS = {
     ),
     # sized by `python benchmarks/ablation_doc.py --estimate-budget` (docs/results/ablation.md, "Budget")
     "cpu": Budget("cpu", img=32, epochs=4, subset=20000, val_subset=None, batch=64, workers=1),
-    # a CSP/plain pair on all 50,000 CIFAR-10 images, small-input stem (the usual CIFAR nets); 12 epochs did not reach a plateau
+    # a CSP/plain pair on all 50,000 CIFAR-10 images, small-input stem (the usual CIFAR nets); a 10-epoch GPU run of it
+    # did not reach a plateau (docs/results/convergence_gpu.md)
     "converge": Budget(
         "converge", img=32, epochs=12, batch=256, lr=0.2, warmup_epochs=1.0, small_input=True, workers=4
     ),
-    # the same question on a 2-core CPU (the pair x 2 seeds: about 1 hour on a 2-core AMX Xeon): the usual stem
-    # (8x8 after it, 1/16 of the MACs), a cosine then 2 epochs held at the final lr; top-1 still rose 0.4-0.6 points
-    # at the end of both 8 and 16 epochs (docs/results/convergence.md)
+    # the same question on a 2-core CPU: the usual stem (8x8 after it, about 1/14 of the small-input stem's MACs), a
+    # cosine then 2 epochs held at the final lr; top-1 still rose 0.4-0.6 points over the last 3 of 16 epochs
+    # (docs/results/convergence.md)
     "converge_cpu": Budget(
         "converge_cpu", img=32, epochs=16, cooldown_epochs=2, batch=256, lr=0.2, warmup_epochs=1.0, workers=1
     ),
