@@ -132,11 +132,19 @@ def run_to(args, s, v, seed: int, epochs: int) -> None:
     tmp.write_text(json.dumps(out, indent=1) + "\n")
     os.replace(tmp, path)
     print(f"evidence: {model} seed {seed}: top-1 {r['top1']:.2f}, plateau {out['plateau']}", flush=True)
-    if args.commit:
-        rel = path.relative_to(REPO)
-        subprocess.run(["git", "-C", str(REPO), "add", str(rel)], check=False)
+    if args.commit:  # the run, the summary, its plot and the evidence page in one commit: they never disagree
+        report(args)
+        subprocess.run([sys.executable, str(REPO / "benchmarks" / "evidence.py")], check=False)
+        paths = [
+            path,
+            RESULTS.parent / "classify.json",
+            RESULTS.parent / "classify.png",
+            REPO / "docs/results/evidence.md",
+        ]
+        rel = [str(p.relative_to(REPO)) for p in paths]
+        subprocess.run(["git", "-C", str(REPO), "add", *rel], check=False)
         msg = f"evidence: {model} seed {seed} on CIFAR-10 ({BUDGET}, {len(r['curve'])} epochs): top-1 {r['top1']:.2f}"
-        subprocess.run(["git", "-C", str(REPO), "commit", "-q", "-m", msg, "--only", "--", str(rel)], check=False)
+        subprocess.run(["git", "-C", str(REPO), "commit", "-q", "-m", msg, "--only", "--", *rel], check=False)
 
 
 def train(args) -> None:
@@ -250,7 +258,9 @@ def plot(s: dict, path: Path) -> None:
 def report(args) -> None:
     s = summary()
     path = RESULTS.parent / "classify.json"
-    path.write_text(json.dumps(s, indent=1) + "\n")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two lanes may report at once
+    tmp.write_text(json.dumps(s, indent=1) + "\n")
+    os.replace(tmp, path)
     plot(s, RESULTS.parent / "classify.png")
     for m, x in s["models"].items():
         print(m, x["final_top1"], [p["move"] for p in x["plateau"]])
