@@ -224,3 +224,19 @@ def test_metrics_reduce_and_gather_across_two_processes(tmp_path):
     assert r0["pairs"] == r1["pairs"] == {"mean": 2.0}
     assert r0["r2"] == r1["r2"] and r0["r2"]["mae"] == pytest.approx(0.1)  # 4 pairs from 2 ranks, evaluated once
     assert "no ground truth for 4 records" in r0["boom"] and "no ground truth for 4 records" in r1["boom"]
+
+
+def test_a_hook_stops_training_early_after_the_epochs_checkpoints(tmp_path):
+    """trainer.stop set in on_epoch_end ends the run after that epoch: its row, best.pt and last.pt are written, and
+    fit returns normally (early stopping, a plateau criterion)."""
+    from cspnet.engine import Trainer
+    from cspnet.engine.config import TrainCfg
+
+    class Stops(MeanTask):
+        def on_epoch_end(self, trainer, epoch, metrics):
+            trainer.stop = epoch == 1
+
+    cfg = TrainCfg(epochs=5, batch=8, lr=0.01, workers=0, device="cpu", save_dir=str(tmp_path / "r"))
+    metrics = Trainer(Stops(MeanCfg()), cfg).fit()
+    assert metrics["epoch"] == 2 and [r["epoch"] for r in rows(tmp_path / "r")] == ["1", "2"]
+    assert load_checkpoint(tmp_path / "r" / "weights/last.pt")["epoch"] == 2

@@ -121,6 +121,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.task.param_groups(self.model, c.weight_decay), c)
         self.scheduler = build_scheduler(self.optimizer, c, self.steps_per_epoch)
         self.start_epoch, self.start_batch, self.best = 0, 0, -math.inf
+        self.stop = False  # a hook may set it (early stopping): the run ends after this epoch's checkpoints
 
     # ---- checkpoints --------------------------------------------------------------------------------------------
     def state(self, epoch: int, batch: int = 0, full: bool = True) -> dict:
@@ -303,6 +304,8 @@ class Trainer:
                     self.best = fitness
                     self.save("best.pt", epoch=epoch + 1, full=False)
                 self.save("last.pt", epoch=epoch + 1)
+                if self.stop:
+                    break
         except KeyboardInterrupt:  # interrupted in validation: keep the trained epoch, skip its metrics row
             done = self._batch == -1
             self.save("last.pt", epoch=self.epoch + done, batch=0 if done else self._batch)
