@@ -1,0 +1,336 @@
+"""The detection recipe study of docs/results/protocol.md ("Detection: why yolov4-s trails yolov4-darknet53-s").
+
+screen: every setting of SETTINGS (one factor changed from the raccoon baseline), both twins, 3 seeds, 20 epochs.
+plateau: the pair with the recipe chosen from the screen (--recipe, settings joined by ','), on raccoon and coco128,
+until the plateau criterion holds or the epoch cap. Each (setting, model, seed) unit writes
+docs/results/evidence/detect_recipe/<setting>_<model>_seed<k>.json when it finishes (and commits it with --commit);
+a unit whose JSON exists is skipped, so a fresh clone continues run by run; a killed run resumes from its last.pt.
+
+    nohup nice python benchmarks/detect_recipe.py screen --jobs 2 --commit &
+    python benchmarks/detect_recipe.py plateau --recipe warmup6,bnmom0.03 --jobs 2 --commit
+    python benchmarks/detect_recipe.py report     # detect_recipe.json and .md from the unit JSONs
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+RESULTS = REPO / "docs" / "results" / "evidence" / "detect_recipe"
+PAIR = ("yolov4-s", "yolov4-darknet53-s")  # CSP, plain
+SEEDS = 3
+DATASETS = {"raccoon": "raccoon", "coco128": "coco128/data.yaml"}  # under --data-root; the screen uses raccoon
+# the baseline: detect_raccoon.md's recipe (benchmarks/detect_raccoon.py), fp32 everywhere
+BASE_DETECT = {"img": 160, "width": 0.125, "auto_anchors": True, "close_mosaic": 5, "subset": None}
+BASE_TRAIN = {"epochs": 20, "batch": 8, "optimizer": "adamw", "lr": 0.003, "weight_decay": 0.01}
+BASE_TRAIN |= {"warmup_epochs": 2.0, "amp": "off"}
+SETTINGS = {  # one factor each, applied to both twins
+    "base": {},
+    "warmup6": {"warmup_epochs": 6.0},
+    "zerogamma-off": {"zero_gamma": False},
+    "bnmom0.03": {"bn_momentum": 0.03},
+    "bndecay-on": {"bn_decay": True},
+    "lr0.001": {"lr": 0.001},
+    "lr0.01": {"lr": 0.01},
+}
+COSINE, CAP = 50, 100  # plateau stage: cosine to min_lr by epoch COSINE, then held (mosaic closed), at most CAP
+WINDOW, PLATEAU_POINTS = 5, 1.0  # |mean of the last WINDOW val mAP@0.5 - mean of the WINDOW before| < 1 point
+
+from cspnet.engine.tasks.detect import DetectTask  # noqa: E402 (after the sys.path line)
+
+
+class Plateaued(KeyboardInterrupt):
+    """Raised after an epoch that meets the criterion: the engine's Ctrl-C path saves that epoch's last.pt."""
+
+
+class RecipeTask(DetectTask):
+    """The detect task with the knobs the CLI does not expose; the library's defaults stay as they are."""
+
+    def __init__(self, cfg, zero_gamma: bool = True, bn_momentum: float | None = None, bn_decay: bool = False,
+                 stop_at_plateau: bool = False):  # fmt: skip
+        super().__init__(cfg)
+        self.zero_gamma, self.bn_momentum, self.bn_decay = zero_gamma, bn_momentum, bn_decay
+        self.stop_at_plateau = stop_at_plateau
+
+    def build_model(self):
+        from torch import nn
+
+        model = super().build_model()
+        for m in model.modules():
+            if not self.zero_gamma and hasattr(m, "zero_init_last"):  # the BNs its zero_init_last zeroed -> 1
+                for bn in m.modules():
+                    if isinstance(bn, nn.BatchNorm2d) and not bn.weight.any():
+                        nn.init.ones_(bn.weight)
+            if self.bn_momentum is not None and isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = self.bn_momentum
+        return model
+
+    def param_groups(self, model, weight_decay: float) -> list[dict]:
+        if not self.bn_decay:
+            return super().param_groups(model, weight_decay)
+        from torch import nn
+
+        norm = {
+            id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for p in m.parameters()
+        }
+        params = [p for p in model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim > 1 or id(p) in norm]  # conv weights, BN gamma and beta
+        rest = [p for p in params if not (p.ndim > 1 or id(p) in norm)]  # conv biases (the head's)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+    def on_epoch_end(self, trainer, epoch: int, metrics: dict) -> None:
+        super().on_epoch_end(trainer, epoch, metrics)
+        if self.stop_at_plateau and plateau(curve(rows(Path(trainer.save_dir))), COSINE)["holds"]:
+            raise Plateaued
+
+
+def rows(run: Path) -> list[dict]:
+    f = run / "results.csv"
+    return list(csv.DictReader(f.open())) if f.is_file() else []
+
+
+def curve(rs: list[dict], key: str = "val/map50") -> list[float]:
+    return [float(r[key]) for r in rs]
+
+
+def plateau(c: list[float], start: int) -> dict:
+    """The protocol's criterion on a val mAP@0.5 curve, once both windows lie after epoch `start`."""
+    if len(c) < start + 2 * WINDOW:
+        return {"holds": False, "move": None}
+    move = 100 * (statistics.fmean(c[-WINDOW:]) - statistics.fmean(c[-2 * WINDOW : -WINDOW]))
+    return {"holds": abs(move) < PLATEAU_POINTS, "move": move}
+
+
+def units(stage: str) -> list[tuple[str, str, int]]:
+    """Seed-major: every setting (and dataset) gets seed 0 before any gets seed 1."""
+    names = list(SETTINGS) if stage == "screen" else [f"plateau-{d}" for d in DATASETS]
+    return [(n, m, k) for k in range(SEEDS) for n in names for m in PAIR]
+
+
+def unit_path(name: str, model: str, seed: int) -> Path:
+    return RESULTS / f"{name}_{model}_seed{seed}.json"
+
+
+def recipe(name: str, chosen: str) -> tuple[dict, dict, dict, str]:
+    """(DetectCfg values, TrainCfg values, RecipeTask knobs, dataset) of a unit."""
+    knobs = dict(SETTINGS[name]) if name in SETTINGS else {}
+    if name.startswith("plateau-"):
+        for s in filter(None, chosen.split(",")):
+            knobs |= SETTINGS[s]
+    train = {**BASE_TRAIN, **{k: v for k, v in knobs.items() if k in BASE_TRAIN}}
+    task = {k: v for k, v in knobs.items() if k not in BASE_TRAIN}
+    detect = dict(BASE_DETECT)
+    if name.startswith("plateau-"):
+        train |= {"epochs": CAP, "cooldown_epochs": CAP - COSINE}
+        detect["close_mosaic"] = CAP - COSINE
+        task["stop_at_plateau"] = True
+    return detect, train, task, name.removeprefix("plateau-") if name.startswith("plateau-") else "raccoon"
+
+
+def run_unit(args, name: str, model: str, seed: int) -> None:
+    """Train (or resume, or only collect) one unit and write, then commit, its JSON. RunInUse: another lane has it."""
+    import torch
+
+    from cspnet.bench.harness import machine_info
+    from cspnet.engine.run import RunDir
+    from cspnet.engine.tasks.detect import DetectCfg
+    from cspnet.engine.tasks.detect_cli import SPEC
+    from cspnet.engine.trainer import NonFiniteLossError, TrainCfg, Trainer
+
+    detect, train, knobs, data = recipe(name, args.recipe)
+    run = Path(args.project) / name / model / f"seed{seed}"
+    cfg = DetectCfg(model=model, data=str(Path(args.data_root) / DATASETS[data]), **detect)
+    cfg.val_subset = cfg.subset
+    tcfg = TrainCfg(**{**SPEC.train_defaults, **train, "seed": seed, "workers": args.workers, "save_dir": str(run)})
+    plateau_at = COSINE if knobs.get("stop_at_plateau") else None
+    rs = rows(run)
+    t0, epochs0, diverged, device = time.time(), len(rs), False, None
+    last = run / "weights" / "last.pt"
+    if len(rs) < tcfg.epochs and not (plateau_at and plateau(curve(rs), plateau_at)["holds"]):
+        run.mkdir(parents=True, exist_ok=True)
+        trainer = Trainer(RecipeTask(cfg, **knobs), tcfg, run=RunDir(run, fresh=not last.is_file()))
+        print(f"recipe: {'resuming' if last.is_file() else 'training'} {name} {model} seed {seed} -> {run}", flush=True)
+        try:
+            trainer.fit(resume=last if last.is_file() else None)
+        except Plateaued:
+            print(f"recipe: {name} {model} seed {seed} met the plateau criterion", flush=True)
+        except NonFiniteLossError as e:  # a result of the recipe (e.g. too high an lr): recorded, not retried
+            print(f"recipe: {name} {model} seed {seed} diverged: {e}", flush=True)
+            diverged = True
+        device = str(trainer.device)
+    rs = rows(run)
+    out = {
+        "setting": name, "model": model, "seed": seed, "data": data,
+        "recipe": {"detect": detect, "train": train, "task": knobs},
+        "epochs": len(rs), "curve_map50": curve(rs), "curve_map": curve(rs, "val/map"),
+        "final_map50": None if diverged or not rs else curve(rs)[-1],
+        "final_map": None if diverged or not rs else curve(rs, "val/map")[-1],
+        "diverged": diverged,
+        "plateau": plateau(curve(rs), plateau_at) if plateau_at else None,
+        "train_img_s_median": statistics.median(curve(rs, "img_s")) if rs else None,
+        "wall_s_last_sitting": round(time.time() - t0), "epochs_last_sitting": len(rs) - epochs0,
+        "device": device, "gpu": torch.cuda.get_device_name() if device and device.startswith("cuda") else None,
+        "machine": machine_info(args.threads),
+        "load_note": f"{args.jobs} lane(s) in parallel, {args.threads} torch thread(s) each",
+        "command": "python benchmarks/detect_recipe.py " + (f"plateau --recipe {args.recipe}" if plateau_at else "screen"),
+    }  # fmt: skip
+    path = unit_path(name, model, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".tmp").write_text(json.dumps(out, indent=1) + "\n")
+    os.replace(path.with_suffix(".tmp"), path)
+    print(f"recipe: {name} {model} seed {seed}: mAP@0.5 {out['final_map50']}", flush=True)
+    if args.commit:
+        report(args)
+        rel = [str(p.relative_to(REPO)) for p in (path, RESULTS.with_suffix(".json"), RESULTS.with_suffix(".md"))]
+        msg = f"detect_recipe: {name} {model} seed {seed} ({len(rs)} epochs): mAP@0.5 {out['final_map50']}"
+        for _ in range(5):  # lanes commit at once: retry while another holds git's index lock
+            subprocess.run(["git", "-C", str(REPO), "add", *rel], check=False)
+            git = ["git", "-C", str(REPO), "commit", "-q", "-m", msg, "--only", "--", *rel]
+            if subprocess.run(git, check=False).returncode == 0:
+                break
+            time.sleep(3)
+
+
+def lane(args) -> None:
+    """Take the first unit without a JSON that no other lane holds, until none is left for this lane."""
+    import torch
+
+    from cspnet.engine.run import RunInUse
+
+    torch.set_num_threads(args.threads)
+    order = [(n, m, int(k)) for n, m, k in (u.split(":") for u in args.units.split(","))]
+    while todo := [u for u in order if not unit_path(*u).is_file()]:
+        for u in todo:
+            try:
+                run_unit(args, *u)
+                break
+            except RunInUse:
+                continue
+        else:
+            return
+
+
+def start(args) -> None:
+    for u in units(args.part):  # a committed unit of another --recipe would mix two studies in one table
+        path, want = unit_path(*u), dict(zip(("detect", "train", "task"), recipe(u[0], args.recipe), strict=False))
+        if path.is_file() and json.loads(path.read_text())["recipe"] != json.loads(json.dumps(want)):
+            raise SystemExit(f"{path} was trained with another recipe; pass its --recipe, or move the old units away")
+    todo = [u for u in units(args.part) if not unit_path(*u).is_file()]
+    print(f"recipe: {len(todo)} of {len(units(args.part))} {args.part} units to run", flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    argv = [sys.executable, __file__, "lane", "--data-root", args.data_root, "--project", args.project]
+    argv += ["--recipe", args.recipe, "--threads", str(args.threads), "--workers", str(args.workers)]
+    argv += ["--jobs", str(args.jobs), "--units", ",".join(f"{n}:{m}:{k}" for n, m, k in todo)]
+    procs = []
+    for _ in range(min(args.jobs, len(todo))):
+        procs.append(subprocess.Popen(argv + (["--commit"] if args.commit else []), env=env))
+        time.sleep(2)
+    sys.exit(max((p.wait() for p in procs), default=0))
+
+
+def stats(xs: list[float]) -> dict:
+    mean = statistics.fmean(xs) if xs else None
+    std = statistics.stdev(xs) if len(xs) > 1 else None
+    return {"n": len(xs), "mean": mean, "std": std, "se": None if std is None else std / len(xs) ** 0.5}
+
+
+def diff(a: dict | None, b: dict | None, k: str = "mean") -> dict | None:
+    """a[k] - b[k] with SE = sqrt(se_a^2 + se_b^2); None while either lacks an SE (fewer than 2 seeds)."""
+    if not a or not b or a["se"] is None or b["se"] is None:
+        return None
+    return {"delta": a[k] - b[k], "se": (a["se"] ** 2 + b["se"] ** 2) ** 0.5}
+
+
+def summary() -> dict:
+    """Per setting: each twin's final mAP@0.5 over seeds, the gap, and against `base` the change of the gap and each
+    twin's effect, with the protocol's reading (a change beyond 2 SE; the plain twin hurt beyond 2 SE)."""
+    runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+    out: dict = {"pair": PAIR, "settings": {}, "wall_s_total": sum(r["wall_s_last_sitting"] for r in runs)}
+    order = {n: i for i, n in enumerate(SETTINGS)}
+    for name in sorted({r["setting"] for r in runs}, key=lambda n: (order.get(n, len(order)), n)):
+        mine = [r for r in runs if r["setting"] == name]
+        s = {m: stats([r["final_map50"] for r in mine if r["model"] == m and not r["diverged"]]) for m in PAIR}
+        s["diverged"] = [f"{r['model']} seed {r['seed']}" for r in mine if r["diverged"]]
+        s["gap"] = diff(s[PAIR[0]], s[PAIR[1]])
+        s["plateau"] = {f"{r['model']} seed {r['seed']}": r["plateau"] for r in mine if r["plateau"]}
+        s["epochs"] = sorted({r["epochs"] for r in mine})
+        out["settings"][name] = s
+    base = out["settings"].get("base")
+    for name, s in out["settings"].items():
+        if base and name in SETTINGS and name != "base":
+            s["gap_change"] = diff(s["gap"], base["gap"], "delta")
+            s["effect"] = {m: diff(s[m], base[m]) for m in PAIR}
+            beyond = lambda d, sign: d is not None and sign * d["delta"] > 2 * d["se"]  # noqa: E731
+            s["reading"] = {"gap_changes": beyond(s["gap_change"], 1) or beyond(s["gap_change"], -1),
+                            "hurts_plain": beyond(s["effect"][PAIR[1]], -1)}  # fmt: skip
+    return out
+
+
+def pm(d: dict | None, k: str = "mean", e: str = "std") -> str:
+    """A figure in mAP points, with its spread when there is one: 54.2 ± 3.1, +4.0 ± 2.2, or –."""
+    if not d or d.get(k) is None:
+        return "–"
+    x = f"{100 * d[k]:+.1f}" if k == "delta" else f"{100 * d[k]:.1f}"
+    return x if d.get(e) is None else f"{x} ± {100 * d[e]:.1f}"
+
+
+def report(args) -> None:
+    s = summary()
+    js = RESULTS.with_suffix(".json")
+    js.with_suffix(f".{os.getpid()}.tmp").write_text(json.dumps(s, indent=1) + "\n")  # lanes may report at once
+    os.replace(js.with_suffix(f".{os.getpid()}.tmp"), js)
+    lines = ["# Detection recipe study: yolov4-s (CSP) against yolov4-darknet53-s (plain)", "",
+             "The protocol: [protocol.md](../protocol.md#detection-why-yolov4-s-trails-yolov4-darknet53-s-written-2026-12-07-before-any-of-these-runs). "
+             "Val mAP@0.5 (points) of the last epoch's EMA weights, mean ± std over seeds (n); gap = CSP − plain ± SE; "
+             "Δgap and the effect on each twin against `base` ± SE. Regenerated by `python benchmarks/detect_recipe.py report`.", "",
+             "| setting | epochs | CSP | plain | gap | Δgap vs base | CSP vs base | plain vs base | reading | diverged |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, x in s["settings"].items():
+        eff, read = x.get("effect", {}), x.get("reading", {})
+        said = [w for w, k in (("gap changes", "gap_changes"), ("hurts plain", "hurts_plain")) if read.get(k)]
+        lines.append(
+            f"| {name} | {','.join(map(str, x['epochs']))} | {pm(x[PAIR[0]])} ({x[PAIR[0]]['n']}) | "
+            f"{pm(x[PAIR[1]])} ({x[PAIR[1]]['n']}) | {pm(x['gap'], 'delta', 'se')} | "
+            f"{pm(x.get('gap_change'), 'delta', 'se')} | {pm(eff.get(PAIR[0]), 'delta', 'se')} | "
+            f"{pm(eff.get(PAIR[1]), 'delta', 'se')} | {', '.join(said) or '–'} | {', '.join(x['diverged']) or '–'} |"
+        )
+    for name, x in s["settings"].items():
+        if x["plateau"]:
+            met = [k for k, p in x["plateau"].items() if p["holds"]]
+            lines += ["", f"{name}: the plateau criterion held for {len(met)} of {len(x['plateau'])} runs; moves: "
+                      + ", ".join(f"{k} {p['move']:+.2f}" if p["move"] is not None else f"{k} –" for k, p in x["plateau"].items())]  # fmt: skip
+    lines += ["", f"Wall time of the sittings that finished the units, summed: {s['wall_s_total']} s; per unit (device, "
+              "machine, load) in each JSON under `detect_recipe/`.", ""]  # fmt: skip
+    js.with_suffix(".md").write_text("\n".join(lines))
+    print(f"wrote {js} and {js.with_suffix('.md')}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("part", choices=("screen", "plateau", "lane", "report"))
+    p.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--recipe", default="", help="plateau: the screen settings to combine, e.g. warmup6,bnmom0.03")
+    p.add_argument("--project", default="runs/detect_recipe")
+    p.add_argument("--jobs", type=int, default=2, help="parallel lanes")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per lane")
+    p.add_argument("--workers", type=int, default=1, help="data loader processes per lane")
+    p.add_argument("--units", default="", help="lane: setting:model:seed,... (set by screen/plateau)")
+    p.add_argument("--commit", action="store_true", help="git commit each unit's JSON when it finishes")
+    args = p.parse_args(argv)
+    unknown = [s for s in filter(None, args.recipe.split(",")) if s not in SETTINGS]
+    if unknown:
+        p.error(f"unknown --recipe setting {', '.join(unknown)}; known: {', '.join(SETTINGS)}")
+    {"screen": start, "plateau": start, "lane": lane, "report": report}[args.part](args)
+
+
+if __name__ == "__main__":
+    main()
