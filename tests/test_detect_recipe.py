@@ -100,3 +100,33 @@ def test_plateau_run_stops_at_the_criterion(drc, tiny, monkeypatch):
     assert r["recipe"]["train"]["cooldown_epochs"] == 3 and r["recipe"]["detect"]["close_mosaic"] == 3
     ckpt = load_checkpoint(Path(tiny[3]) / "plateau-raccoon" / "yolov4-s" / "seed0" / "weights" / "last.pt")
     assert ckpt["epoch"] == 3
+
+
+def test_screen_starts_lanes_over_the_units_left(drc, tiny, monkeypatch):
+    """`screen --jobs 2` starts two lanes, each given every unit without a JSON, seed-major; their command line parses."""
+    started = []
+
+    class Lane:
+        def __init__(self, argv, env):
+            started.append(argv)
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(drc.subprocess, "Popen", Lane)
+    monkeypatch.setattr(drc.time, "sleep", lambda s: None)
+    done = drc.unit_path("base", "yolov4-s", 0)
+    done.parent.mkdir(parents=True)
+    done.write_text(
+        json.dumps({"recipe": dict(zip(("detect", "train", "task"), drc.recipe("base", ""), strict=False))})
+    )
+    with pytest.raises(SystemExit) as e:
+        drc.main(["screen", *tiny, "--jobs", "2"])
+    assert e.value.code == 0 and len(started) == 2 and started[0] == started[1]
+    units = started[0][started[0].index("--units") + 1].split(",")
+    assert len(units) == len(drc.SETTINGS) * 2 * drc.SEEDS - 1 and "base:yolov4-s:0" not in units
+    assert units[: 2 * len(drc.SETTINGS) - 1][-1].endswith(":0") and units[-1].endswith(":2")
+    lanes = []
+    monkeypatch.setattr(drc, "lane", lambda args: lanes.append(args))
+    drc.main(started[0][2:])
+    assert lanes[0].units == ",".join(units) and lanes[0].workers == 0
