@@ -48,10 +48,6 @@ WINDOW, PLATEAU_POINTS = 5, 1.0  # |mean of the last WINDOW val mAP@0.5 - mean o
 from cspnet.engine.tasks.detect import DetectTask  # noqa: E402 (after the sys.path line)
 
 
-class Plateaued(KeyboardInterrupt):
-    """Raised after an epoch that meets the criterion: the engine's Ctrl-C path saves that epoch's last.pt."""
-
-
 class RecipeTask(DetectTask):
     """The detect task with the knobs the CLI does not expose; the library's defaults stay as they are."""
 
@@ -90,7 +86,7 @@ class RecipeTask(DetectTask):
     def on_epoch_end(self, trainer, epoch: int, metrics: dict) -> None:
         super().on_epoch_end(trainer, epoch, metrics)
         if self.stop_at_plateau and plateau(curve(rows(Path(trainer.save_dir))), COSINE)["holds"]:
-            raise Plateaued
+            trainer.stop = True  # the engine ends the run after this epoch's checkpoints
 
 
 def rows(run: Path) -> list[dict]:
@@ -161,8 +157,8 @@ def run_unit(args, name: str, model: str, seed: int) -> None:
         print(f"recipe: {'resuming' if last.is_file() else 'training'} {name} {model} seed {seed} -> {run}", flush=True)
         try:
             trainer.fit(resume=last if last.is_file() else None)
-        except Plateaued:
-            print(f"recipe: {name} {model} seed {seed} met the plateau criterion", flush=True)
+            if trainer.stop:
+                print(f"recipe: {name} {model} seed {seed} met the plateau criterion", flush=True)
         except NonFiniteLossError as e:  # a result of the recipe (e.g. too high an lr): recorded, not retried
             print(f"recipe: {name} {model} seed {seed} diverged: {e}", flush=True)
             diverged = True
