@@ -41,7 +41,9 @@ def result_path(model: str, seed: int) -> Path:
     return RESULTS / f"{model}_seed{seed}.json"
 
 
-def study(args, data: str | None = None):
+def study(args, data: str | None = None, grid: tuple[str, ...] = ()):
+    """The pair's study folder; `grid` adds variants of the CSP model (evidence_ablate.py), under the one recipe that
+    study.json pins."""
     from cspnet.ablate.budgets import get_budget
     from cspnet.ablate.study import Study, StudyCfg
 
@@ -50,7 +52,7 @@ def study(args, data: str | None = None):
         base=PAIR[1],
         budget=budget,
         data=data,
-        grid=[f"model={PAIR[0]}"],
+        grid=[f"model={PAIR[0]}", *grid],
         seeds=SEEDS,
         name=f"{PAIR[0]}_vs_{PAIR[1]}",
         project=args.project,
@@ -68,33 +70,29 @@ def plateau(curve: list[float]) -> dict:
     return {"holds": abs(last - before) < PLATEAU_POINTS, "move": last - before}
 
 
-def next_epochs(model: str, seed: int, base: int) -> int | None:
-    """The length this run trains to next (the budget's, then +EXTEND while the criterion misses), None when done."""
-    path = result_path(model, seed)
+def next_length(path: Path, base: int) -> int | None:
+    """The length the run of this JSON trains to next (the budget's, then +EXTEND while the criterion misses), None
+    when done."""
     if not path.is_file():
         return base
-    r = json.loads(path.read_text())
-    n = len(r["curve_top1"])
-    return None if plateau(r["curve_top1"])["holds"] or n >= MAX_EPOCHS else min(n + EXTEND, MAX_EPOCHS)
+    curve = json.loads(path.read_text())["curve_top1"]
+    n = len(curve)
+    return None if plateau(curve)["holds"] or n >= MAX_EPOCHS else min(n + EXTEND, MAX_EPOCHS)
 
 
-def lane(args) -> None:
+def next_epochs(model: str, seed: int, base: int) -> int | None:
+    return next_length(result_path(model, seed), base)
+
+
+def take_runs(order: list[tuple[str, int]], next_len, run) -> None:
     """One lane of --jobs: take the first run no other lane holds (every run to the budget's length first, then the
     extensions of those that missed the criterion), until none is left for this lane."""
-    import torch
-
     from cspnet.engine.run import RunInUse
 
-    torch.set_num_threads(args.threads)
-    s = study(args, args.data)
-    variants = {v.model: v for v in s.variants}
-    order = [(m, int(k)) for m, k in (item.split(":") for item in args.units.split(","))]
-    base = s.cfg.budget.epochs
-    while todo := [(n, i) for i, u in enumerate(order) if (n := next_epochs(*u, base)) is not None]:
+    while todo := [(n, i) for i, u in enumerate(order) if (n := next_len(*u)) is not None]:
         for n, i in sorted(todo):
-            model, seed = order[i]
             try:
-                run_to(args, s, variants[model], seed, n)
+                run(*order[i], n)
                 break
             except RunInUse:  # another lane trains it
                 continue
@@ -102,16 +100,28 @@ def lane(args) -> None:
             return  # the rest is in other lanes' hands
 
 
-def run_to(args, s, v, seed: int, epochs: int) -> None:
-    """Train (or continue) one run to `epochs` and write, then commit, its JSON."""
+def lane(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    s = study(args, args.data)
+    variants = {v.model: v for v in s.variants}
+    order = [(m, int(k)) for m, k in (item.split(":") for item in args.units.split(","))]
+    base = s.cfg.budget.epochs
+    take_runs(order, lambda m, k: next_epochs(m, k, base), lambda m, k, n: run_to(args, s, variants[m], k, n))
+
+
+def train_record(args, s, v, seed: int, epochs: int) -> dict:
+    """Train (or continue) one run to `epochs`: the fields of every run JSON of the plateau studies."""
     from cspnet.bench.harness import machine_info
 
-    model = v.model
     t0 = time.time()
     r = s.train_one(v, seed, epochs=epochs)
     base = s.cfg.budget.epochs
-    out = {
-        "model": model,
+    return {
+        "model": v.model,
+        "variant": v.label,
+        "overrides": dict(v.overrides),
         "seed": seed,
         "budget": BUDGET,
         "recipe": s.cfg.budget.recipe(),
@@ -126,12 +136,29 @@ def run_to(args, s, v, seed: int, epochs: int) -> None:
         "machine": machine_info(args.threads),
         "load_note": f"{args.jobs} runs in parallel, {args.threads} torch thread(s) each, nice'd, beside development work",
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = result_path(model, seed)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=1) + "\n")
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Atomic, and safe when two lanes write the same file at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
     os.replace(tmp, path)
-    print(f"evidence: {model} seed {seed}: top-1 {r['top1']:.2f}, plateau {out['plateau']}", flush=True)
+
+
+def git_commit(paths: list[Path], msg: str) -> None:
+    """Commit exactly these paths (other staged or changed files stay as they are)."""
+    rel = [str(p.relative_to(REPO)) for p in paths]
+    subprocess.run(["git", "-C", str(REPO), "add", *rel], check=False)
+    subprocess.run(["git", "-C", str(REPO), "commit", "-q", "-m", msg, "--only", "--", *rel], check=False)
+
+
+def run_to(args, s, v, seed: int, epochs: int) -> None:
+    """Train (or continue) one run to `epochs` and write, then commit, its JSON."""
+    out = train_record(args, s, v, seed, epochs)
+    path = result_path(v.model, seed)
+    write_json(path, out)
+    print(f"evidence: {v.model} seed {seed}: top-1 {out['final_top1']:.2f}, plateau {out['plateau']}", flush=True)
     if args.commit:  # the run, the summary, its plot and the evidence page in one commit: they never disagree
         report(args)
         subprocess.run([sys.executable, str(REPO / "benchmarks" / "evidence.py")], check=False)
@@ -141,10 +168,8 @@ def run_to(args, s, v, seed: int, epochs: int) -> None:
             RESULTS.parent / "classify.png",
             REPO / "docs/results/evidence.md",
         ]
-        rel = [str(p.relative_to(REPO)) for p in paths]
-        subprocess.run(["git", "-C", str(REPO), "add", *rel], check=False)
-        msg = f"evidence: {model} seed {seed} on CIFAR-10 ({BUDGET}, {len(r['curve'])} epochs): top-1 {r['top1']:.2f}"
-        subprocess.run(["git", "-C", str(REPO), "commit", "-q", "-m", msg, "--only", "--", *rel], check=False)
+        msg = f"evidence: {v.model} seed {seed} on CIFAR-10 ({BUDGET}, {out['epochs']} epochs): top-1 {out['final_top1']:.2f}"
+        git_commit(paths, msg)
 
 
 def train(args) -> None:
@@ -258,9 +283,7 @@ def plot(s: dict, path: Path) -> None:
 def report(args) -> None:
     s = summary()
     path = RESULTS.parent / "classify.json"
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two lanes may report at once
-    tmp.write_text(json.dumps(s, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_json(path, s)
     plot(s, RESULTS.parent / "classify.png")
     for m, x in s["models"].items():
         print(m, x["final_top1"], [p["move"] for p in x["plateau"]])
