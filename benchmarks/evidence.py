@@ -282,9 +282,50 @@ def claim_ablation() -> list[str]:
         "at 0.25 / 0.5 / 0.75), the opposite of the paper's ordering. " + gamma_sentence(),
         f"- Top-1 deltas: {seeds} seed per variant, 4 epochs on 20,000 images; the seed spread of that recipe "
         "(about 3 points between two seeds of cspresnet10 in classify_cifar10.md) is larger than most effects. "
-        "**Verdict on the accuracy trends: not shown.** A powered grid (3+ seeds at a plateau) is the next study.",
+        "**Verdict on the accuracy trends from that grid: not shown.** The powered grid below replaces it.",
         "",
+        *claim_grid(_load(EV / "ablate.json")),
     ]
+
+
+def _d(d: dict | None) -> str:
+    return "–" if d is None else f"{d['delta']:+.2f} ± {d['se']:.2f}"
+
+
+def claim_grid(g: dict | None) -> list[str]:
+    """The fusion/γ grid at the plateau (benchmarks/evidence_ablate.py): its rows and the paper's two trends."""
+    if g is None:
+        return []
+    plain = g["rows"]["plain"]
+    lines = [
+        f"**Powered grid** (cspresnet10's variants on CIFAR-10, budget `{g['budget']}`, {g['seeds_planned']} seeds, "
+        'each run to its plateau as in section 2; protocol: [protocol.md](protocol.md), "Ablation with power"; '
+        "`python benchmarks/evidence_ablate.py train --data DATA --jobs 2 --commit`, then `python "
+        f"benchmarks/evidence_ablate.py report` and this page's command): {g['runs_finished']} of "
+        f"{g['runs_planned']} grid runs finished; the plain and fusion-both γ 0.5 rows are section 2's runs"
+        f"{'' if g['one_recipe'] else ' (**the runs do not share one recipe**: see ablate.json)'}. The base is "
+        "cspresnet10, the paper's is PeleeNet; MACs at 32x32 (`torch.utils.flop_counter`). Δ ± SE in points.",
+        "",
+        "| variant | MACs vs resnet10 | params vs resnet10 | seeds | epochs | top-1 mean ± std | Δ vs resnet10 | paper: Δ vs "
+        "PeleeNet | Δ vs cspresnet10 |",
+        "|---|---:|---:|---|---|---:|---:|---:|---:|",
+    ]
+    for label, r in g["rows"].items():
+        name = f"{label} (cspresnet10)" if label == "fusion=both,gamma=0.5" else label
+        name = "plain (resnet10)" if label == "plain" else name
+        mean = "–" if r["mean"] is None else f"{r['mean']:.2f}" + ("" if r["std"] is None else f" ± {r['std']:.2f}")
+        vs_plain = "reference" if label == "plain" else _d(r["diff_vs_plain"])
+        vs_csp = "reference" if label == "fusion=both,gamma=0.5" else _d(r["diff_vs_cspresnet10"])
+        paper = "–" if r["paper_top1_vs_plain"] is None else f"{r['paper_top1_vs_plain']:+.1f}"
+        lines.append(
+            f"| {name} | {100 * (r['macs'] / plain['macs'] - 1):+.1f}% | {100 * (r['params'] / plain['params'] - 1):+.1f}% "
+            f"| {r['seeds']} | {r['epochs']} | {mean} | {vs_plain} | {paper} | {vs_csp} |"
+        )
+    lines.append("")
+    for name, t in g["trends"].items():
+        lines.append(f"- {name}: ours {_d(t['ours'])}, paper {t['paper']:+.1f}: **{t['verdict']}**.")
+    lines.append("")
+    return lines
 
 
 def render() -> str:

@@ -161,13 +161,11 @@ def run_to(args, s, v, seed: int, epochs: int) -> None:
     print(f"evidence: {v.model} seed {seed}: top-1 {out['final_top1']:.2f}, plateau {out['plateau']}", flush=True)
     if args.commit:  # the run, the summary, its plot and the evidence page in one commit: they never disagree
         report(args)
+        # the grid's reference rows are this study's runs (evidence_ablate.py)
+        subprocess.run([sys.executable, str(REPO / "benchmarks" / "evidence_ablate.py"), "report"], check=False)
         subprocess.run([sys.executable, str(REPO / "benchmarks" / "evidence.py")], check=False)
-        paths = [
-            path,
-            RESULTS.parent / "classify.json",
-            RESULTS.parent / "classify.png",
-            REPO / "docs/results/evidence.md",
-        ]
+        paths = [path, *(RESULTS.parent / f for f in ("classify.json", "classify.png", "ablate.json"))]
+        paths.append(REPO / "docs/results/evidence.md")
         msg = f"evidence: {v.model} seed {seed} on CIFAR-10 ({BUDGET}, {out['epochs']} epochs): top-1 {out['final_top1']:.2f}"
         git_commit(paths, msg)
 

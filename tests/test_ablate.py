@@ -257,3 +257,47 @@ def test_evidence_lane_extends_runs_that_miss_the_plateau(data, tmp_path, monkey
         assert r["top1_at_1"] == r["curve_top1"][0] and r["final_top1"] == r["curve_top1"][-1]
         assert r["plateau"] == {"holds": False, "move": None}  # 3 epochs are too few for two 5-epoch windows
     assert evc.next_epochs("resnet10", 0, 1) is None
+
+
+def test_grid_lane_trains_variants_in_the_pair_study_under_its_recipe(data, tmp_path, monkeypatch):
+    """benchmarks/evidence_ablate.py: grid runs live in the classification study's folder (one pinned recipe), write
+    their variant and overrides, and the summary reads them beside the reference rows."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eva", Path(__file__).parents[1] / "benchmarks/evidence_ablate.py")
+    eva = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eva)
+    for name, value in (("BUDGET", "smoke"), ("RESULTS", tmp_path / "pair"), ("EXTEND", 1), ("MAX_EPOCHS", 1)):
+        monkeypatch.setattr(eva.evc, name, value)
+    monkeypatch.setattr(eva, "RESULTS", tmp_path / "grid")
+    import argparse
+
+    opened = argparse.Namespace(project=str(tmp_path / "runs"), workers=0, threads=1)
+    eva.study(opened, str(data)).open()  # as `train` does before its lanes start
+    argv = ["lane", "--data", str(data), "--project", str(tmp_path / "runs"), "--workers", "0"]
+    eva.main([*argv, "--units", "gamma=0.25:0,fusion=last:0"])
+    study = tmp_path / "runs" / "cspresnet10_vs_resnet10"
+    assert {"gamma-0.25", "fusion-last", "model-cspresnet10", "plain"} <= set(
+        json.loads((study / "study.json").read_text())["variants"]
+    )
+    r = json.loads((tmp_path / "grid" / "gamma-0.25_seed0.json").read_text())
+    assert (r["model"], r["variant"], r["overrides"], r["epochs"]) == (
+        "cspresnet10",
+        "gamma=0.25",
+        {"partial_ratio": 0.25},
+        1,
+    )
+    assert (study / "gamma-0.25" / "seed0" / "results.csv").is_file()
+    s = eva.summary()
+    assert s["runs_finished"] == 2 and not s["complete"] and s["one_recipe"]
+    assert s["rows"]["fusion=last"]["final_top1"] == [
+        json.loads((tmp_path / "grid" / "fusion-last_seed0.json").read_text())["final_top1"]
+    ]
+    assert (
+        s["rows"]["plain"]["seeds"] == []
+        and s["rows"]["gamma=0.25"]["macs"] < s["rows"]["fusion=both,gamma=0.5"]["macs"]
+    )
+    assert all(t["verdict"] == "not shown yet (study running)" for t in s["trends"].values())
+    assert eva.verdict({"delta": 1.0, "se": 0.4}, -1.5, True) == "refuted"
+    assert eva.verdict({"delta": -1.0, "se": 0.4}, -1.5, True) == "supported"
+    assert eva.verdict({"delta": -1.0, "se": 0.6}, -1.5, True).startswith("not shown")

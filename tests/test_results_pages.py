@@ -33,3 +33,13 @@ def test_evidence_summary_reads_every_committed_run():
             "run: python benchmarks/evidence_classify.py report && python benchmarks/evidence.py"
         )
         assert committed["models"][model]["epochs"] == now["models"][model]["epochs"]
+
+
+def test_grid_summary_is_the_committed_runs():
+    """ablate.json (the powered grid on the page) is what the committed grid and reference runs give now."""
+    import json
+
+    eva = load("evidence_ablate")
+    committed = json.loads((eva.RESULTS.parent / "ablate.json").read_text())
+    now = json.loads(json.dumps(eva.summary()))  # the same float and key forms as the file
+    assert committed == now, "run: python benchmarks/evidence_ablate.py report && python benchmarks/evidence.py"
