@@ -194,7 +194,39 @@ def claim_accuracy(cls: dict | None) -> list[str]:
             f"yolov4-darknet53-s {r['yolov4-darknet53-s']['map50']:.3f}. Not converged, one seed: **not shown**. "
             + init_sentence()
         )
+    out += detect_recipe_lines(_load(EV / "detect_recipe.json"), _load(EV / "detect_one_class.json"))
     return out + [""]
+
+
+def detect_recipe_lines(rec: dict | None, one: dict | None) -> list[str]:
+    """The detection recipe study so far (benchmarks/detect_recipe.py): the base recipe's gap, and what re-scoring
+    its checkpoints without the untrained one-class logit changed (benchmarks/detect_one_class.py)."""
+    if not rec or "base" not in rec["settings"]:
+        return []
+    b = rec["settings"]["base"]
+    csp, plain = (b[m] for m in rec["pair"])
+
+    def cell(x: dict) -> str:  # mAP points, mean ± std over seeds
+        if x["mean"] is None:
+            return "–"
+        return f"{100 * x['mean']:.1f}" + ("" if x["std"] is None else f" ± {100 * x['std']:.1f}")
+
+    gap = "not measured yet" if b["gap"] is None else f"{100 * b['gap']['mean']:+.1f} ± {100 * b['gap']['se']:.1f}"
+    line = (
+        f"- Detection recipe study (raccoon, the same recipe, 20 epochs; [evidence/detect_recipe.md]"
+        f'(evidence/detect_recipe.md), protocol.md "Detection"), so far: base recipe {rec["pair"][0]} mAP@0.5 '
+        f"{cell(csp)} points ({csp['n']} seeds), {rec['pair'][1]} {cell(plain)} ({plain['n']} seeds), gap CSP − plain "
+        f"{gap}. The screen of recipe settings is running; **not shown yet**."
+    )
+    if one and one["map50_old_minus_new"]["n"]:
+        d = one["map50_old_minus_new"]
+        line += (
+            f" Scoring with the untrained one-class logit (as before commit 8116c13, which detect_raccoon.md's runs "
+            f"used) changes mAP@0.5 by {100 * d['min']:+.1f} to {100 * d['max']:+.1f} points on the same "
+            f"{d['n']} checkpoints ([evidence/detect_one_class.json](evidence/detect_one_class.json), "
+            f"`{one['command']}`)."
+        )
+    return [line]
 
 
 def classify_compute(meas: dict | None) -> list[str]:
