@@ -11,7 +11,6 @@ the summary and the page with --commit); a run whose JSON exists is skipped, so 
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -176,19 +175,7 @@ def report(args=None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("part", choices=("train", "lane", "report"))
-    p.add_argument("--data", default=None)
-    p.add_argument("--project", default="runs/evidence")
-    p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1, help="torch threads per lane")
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--units", default="")
-    p.add_argument("--commit", action="store_true", help="git commit each run's JSON when it finishes")
-    args = p.parse_args(argv)
-    if args.part in ("train", "lane") and not args.data:
-        p.error("train needs --data (CIFAR-10 folder or zip)")
-    {"train": train, "lane": lane, "report": report}[args.part](args)
+    evc.run_part(__doc__, {"train": train, "lane": lane, "report": report}, argv)
 
 
 if __name__ == "__main__":

@@ -288,9 +288,10 @@ def report(args) -> None:
     print("diff", s["diff"], "->", path)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("part", choices=("train", "lane", "measure", "report"))
+def run_part(doc: str, parts: dict, argv: list[str] | None = None) -> None:
+    """The command line of a plateau study script: `parts` maps each part's name to its function."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("part", choices=tuple(parts))
     p.add_argument("--data", default=None)
     p.add_argument("--project", default="runs/evidence")
     p.add_argument("--jobs", type=int, default=2)
@@ -301,7 +302,11 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.part in ("train", "lane") and not args.data:
         p.error("train needs --data (CIFAR-10 folder or zip)")
-    {"train": train, "lane": lane, "measure": measure, "report": report}[args.part](args)
+    parts[args.part](args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_part(__doc__, {"train": train, "lane": lane, "measure": measure, "report": report}, argv)
 
 
 if __name__ == "__main__":
