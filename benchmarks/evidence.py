@@ -206,18 +206,16 @@ def detect_recipe_lines(rec: dict | None, one: dict | None) -> list[str]:
     b = rec["settings"]["base"]
     csp, plain = (b[m] for m in rec["pair"])
 
-    def cell(x: dict) -> str:  # mAP points, mean ± std over seeds
-        if x["mean"] is None:
-            return "–"
-        return f"{100 * x['mean']:.1f}" + ("" if x["std"] is None else f" ± {100 * x['std']:.1f}")
-
     gap = "not measured yet" if b["gap"] is None else f"{100 * b['gap']['mean']:+.1f} ± {100 * b['gap']['se']:.1f}"
     line = (
         f"- Detection recipe study (raccoon, the same recipe, 20 epochs; [evidence/detect_recipe.md]"
         f'(evidence/detect_recipe.md), protocol.md "Detection"), so far: base recipe {rec["pair"][0]} mAP@0.5 '
-        f"{cell(csp)} points ({csp['n']} seeds), {rec['pair'][1]} {cell(plain)} ({plain['n']} seeds), gap CSP − plain "
+        f"{map_cell(csp)} points ({csp['n']} seeds), {rec['pair'][1]} {map_cell(plain)} ({plain['n']} seeds), gap CSP − plain "
         f"{gap}. The screen of recipe settings is running; **not shown yet**."
     )
+    for name, st in rec["settings"].items():
+        if name.startswith("plateau-"):
+            line += " " + plateau_sentence(name.removeprefix("plateau-"), st, rec["pair"])
     if one and one["map50_old_minus_new"]["n"]:
         d = one["map50_old_minus_new"]
         line += (
@@ -227,6 +225,33 @@ def detect_recipe_lines(rec: dict | None, one: dict | None) -> list[str]:
             f"`{one['command']}`)."
         )
     return [line]
+
+
+def map_cell(x: dict) -> str:
+    """mAP points, mean ± std over seeds."""
+    if x["mean"] is None:
+        return "–"
+    return f"{100 * x['mean']:.1f}" + ("" if x["std"] is None else f" ± {100 * x['std']:.1f}")
+
+
+def plateau_sentence(data: str, st: dict, pair: list[str]) -> str:
+    """The pair at the plateau on one dataset (detection amendment 1): each twin, the gap and its verdict."""
+    csp, plain = (st[m] for m in pair)
+    met = sum(1 for r in st["plateau"].values() if r["holds"])
+    g = st["gap"]
+    if g is None or csp["n"] < 3 or plain["n"] < 3:
+        verdict = "not shown yet (fewer than 3 seeds a twin)"
+    elif abs(g["mean"]) < 2 * g["se"]:
+        verdict = "the gap is closed to within seed noise (|Δ| < 2·SE)"
+    else:
+        verdict = f"a gap remains ({'CSP ahead' if g['mean'] > 0 else 'CSP behind'}, |Δ| ≥ 2·SE)"
+    gap = "" if g is None else f", gap {100 * g['mean']:+.1f} ± {100 * g['se']:.1f}"
+    rest = "" if met == csp["n"] + plain["n"] else " (the others ran to the 100-epoch cap)"
+    return (
+        f"At the plateau on {data} (base recipe, [protocol.md](protocol.md) detection amendment 1): {pair[0]} "
+        f"{map_cell(csp)} ({csp['n']} seeds), {pair[1]} {map_cell(plain)} ({plain['n']} seeds){gap}; {met} of "
+        f"{csp['n'] + plain['n']} runs met the criterion{rest}: **{verdict}**."
+    )
 
 
 def classify_compute(meas: dict | None) -> list[str]:

@@ -43,3 +43,19 @@ def test_grid_summary_is_the_committed_runs():
     committed = json.loads((eva.RESULTS.parent / "ablate.json").read_text())
     now = json.loads(json.dumps(eva.summary()))  # the same float and key forms as the file
     assert committed == now, "run: python benchmarks/evidence_ablate.py report && python benchmarks/evidence.py"
+
+
+def test_detection_plateau_verdict_follows_the_gap_and_its_se():
+    """The page calls the detection gap closed only with 3 seeds a twin and |Δ| < 2·SE."""
+    evidence = load("evidence")
+    pair = ["yolov4-s", "yolov4-darknet53-s"]
+
+    def setting(n: int, gap: float, se: float) -> dict:
+        twin = {"n": n, "mean": 0.5, "std": 0.05, "se": 0.03}
+        runs = {f"{m} seed {k}": {"holds": k > 0, "move": 0.5} for m in pair for k in range(n)}
+        return {pair[0]: twin, pair[1]: twin, "gap": {"mean": gap, "se": se}, "plateau": runs, "epochs": [70, 100]}
+
+    assert "not shown yet" in evidence.plateau_sentence("raccoon", setting(2, 0.01, 0.04), pair)
+    closed = evidence.plateau_sentence("raccoon", setting(3, 0.05, 0.04), pair)
+    assert "gap is closed" in closed and "4 of 6 runs met the criterion (the others ran to the 100-epoch cap)" in closed
+    assert "CSP behind" in evidence.plateau_sentence("raccoon", setting(3, -0.1, 0.04), pair)
