@@ -59,3 +59,20 @@ def test_detection_plateau_verdict_follows_the_gap_and_its_se():
     closed = evidence.plateau_sentence("raccoon", setting(3, 0.05, 0.04), pair)
     assert "gap is closed" in closed and "4 of 6 runs met the criterion (the others ran to the 100-epoch cap)" in closed
     assert "CSP behind" in evidence.plateau_sentence("raccoon", setting(3, -0.1, 0.04), pair)
+
+
+def test_resume_script_names_parts_its_scripts_take():
+    """benchmarks/evidence_resume.sh (the next sitting's one command) parses, and each study part it starts exists."""
+    import re
+    import subprocess
+    import sys
+
+    script = REPO / "benchmarks" / "evidence_resume.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    calls = re.findall(r"benchmarks/(\w+)\.py (\w+)", script.read_text())
+    assert {name for name, _ in calls} == {"evidence_classify", "evidence_ablate", "detect_recipe"}
+    for name, part in calls:
+        usage = subprocess.run(
+            [sys.executable, str(REPO / "benchmarks" / f"{name}.py"), "--help"], capture_output=True, text=True
+        )
+        assert usage.returncode == 0 and re.search(rf"\{{[^}}]*\b{part}\b", usage.stdout), (name, part)
