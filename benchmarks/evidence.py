@@ -90,16 +90,42 @@ def claim_speed(rows: list[dict], speed: dict | None) -> list[str]:
         if faster == len(lat) and max(lat) <= 0.9
         else ("partly supported on this CPU" if faster else "refuted on this CPU")
     )
+    gpu = _load(EV / "speed_gpu.json")
+    gpu = gpu if gpu and gpu["device"].startswith("cuda") else None
     return [
         "Paper: CSP models run faster than their twins (the issue quotes about 18%; the paper's tables could not be "
-        f"checked offline here). Ours, CPU only (no GPU was lent to this task): fused latency ratio CSP / twin "
-        f"{min(lat):.2f} to {max(lat):.2f} for the three ImageNet-size pairs at batch 1 and 8 (table above; {faster} "
-        f"of {len(lat)} faster, by {1 - max(lat):.0%} to {1 - min(lat):.0%}, less than their MAC cuts). "
-        f"**Verdict: {verdict}; on a GPU not shown.** Machine: {_machine(m)}; 1-min load average "
-        f"before each group {load}; medians of 15 interleaved runs, with the long trainings paused. Command: "
-        f"`{SPEED_CMD}` ([bench.md](evidence/speed_cpu/bench.md)).",
+        f"checked offline here). Ours on the CPU{'' if gpu else ' (no GPU has been lent to these studies)'}: fused "
+        f"latency ratio CSP / twin {min(lat):.2f} to {max(lat):.2f} for the three ImageNet-size pairs at batch 1 and 8 "
+        f"(table above; {faster} of {len(lat)} faster, by {1 - max(lat):.0%} to {1 - min(lat):.0%}, less than their "
+        f"MAC cuts). **Verdict: {verdict}{'' if gpu else '; on a GPU not shown'}.** Machine: {_machine(m)}; 1-min "
+        f"load average before each group {load}; medians of 15 interleaved runs, with the long trainings paused. "
+        f"Command: `{SPEED_CMD}` ([bench.md](evidence/speed_cpu/bench.md)).",
         "",
+        *gpu_speed(gpu),
     ]
+
+
+def gpu_speed(g: dict | None) -> list[str]:
+    """benchmarks/speed_gpu.py's table: throughput CSP / twin at fp16 and bf16, channels_last, fused."""
+    if not g:
+        return []
+    ratios = [r["throughput_ratio"] for r in g["rows"]]
+    word = "supported" if min(ratios) > 1 else ("refuted" if max(ratios) < 1 else "partly supported")
+    lines = [
+        f"On the GPU ({g['machine']['gpu']}, CUDA {g['machine']['cuda']}, torch {g['machine']['torch']}; `{g['command']}`; "
+        "fused, channels_last, autocast, inference, medians of interleaved runs): throughput ratio CSP / twin "
+        f"{min(ratios):.2f} to {max(ratios):.2f}. **Verdict on this GPU: {word}.**",
+        "",
+        "| CSP / twin | dtype | batch | CSP img/s | twin img/s | throughput ratio |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in g["rows"]:
+        ips = r["images_per_s"]
+        lines.append(
+            f"| {r['csp']} / {r['twin']} | {r['dtype']} | {r['batch']} | {ips[r['csp']]:.0f} | {ips[r['twin']]:.0f} | "
+            f"{r['throughput_ratio']:.2f} |"
+        )
+    return [*lines, ""]
 
 
 def claim_accuracy(cls: dict | None) -> list[str]:

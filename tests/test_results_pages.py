@@ -76,3 +76,29 @@ def test_resume_script_names_parts_its_scripts_take():
             [sys.executable, str(REPO / "benchmarks" / f"{name}.py"), "--help"], capture_output=True, text=True
         )
         assert usage.returncode == 0 and re.search(rf"\{{[^}}]*\b{part}\b", usage.stdout), (name, part)
+
+
+def test_gpu_speed_table_rows_and_page(tmp_path):
+    """benchmarks/speed_gpu.py (dry run on the CPU): a row per pair, dtype and batch whose ratio is its images/s
+    ratio; the page renders a CUDA run's rows and its verdict, and ignores a CPU dry run."""
+    import json
+
+    speed = load("speed_gpu")
+    out = tmp_path / "s.json"
+    argv = ["--device", "cpu", "--pairs", "cspresnet10:resnet10", "--dtypes", "fp32,bf16", "--batch", "1", "2"]
+    speed.main([*argv, "--img", "32", "--runs", "2", "--out", str(out)])
+    g = json.loads(out.read_text())
+    assert [(r["dtype"], r["batch"]) for r in g["rows"]] == [("fp32", 1), ("fp32", 2), ("bf16", 1), ("bf16", 2)]
+    for r in g["rows"]:
+        ips = r["images_per_s"]
+        assert r["throughput_ratio"] == ips["cspresnet10"] / ips["resnet10"]
+        assert ips["resnet10"] == r["batch"] / (r["median_ms"]["resnet10"] / 1e3)
+    evidence = load("evidence")
+    assert evidence.gpu_speed(None) == []
+    g |= {"device": "cuda:0", "machine": {**g["machine"], "gpu": "H100", "cuda": "13.0"}}
+    for r, ratio in zip(g["rows"], (1.2, 1.1, 1.3, 1.05), strict=True):
+        r["throughput_ratio"] = ratio
+    page = "\n".join(evidence.gpu_speed(g))
+    assert "H100" in page and "1.05 to 1.30" in page and "Verdict on this GPU: supported" in page
+    g["rows"][0]["throughput_ratio"] = 0.9
+    assert "partly supported" in "\n".join(evidence.gpu_speed(g))
