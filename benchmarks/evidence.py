@@ -297,7 +297,7 @@ def plateau_sentence(data: str, st: dict, pair: list[str]) -> str:
     return (
         f"At the plateau on {data} (base recipe, [protocol.md](protocol.md) detection amendment 1): {pair[0]} "
         f"{map_cell(csp)} ({seeds(csp['n'])}), {pair[1]} {map_cell(plain)} ({seeds(plain['n'])}){gap}; {met} of "
-        f"{csp['n'] + plain['n']} runs met the criterion{rest}: **{verdict}**."
+        f"{csp['n'] + plain['n']} runs met the criterion{rest}, stopping at epochs {st['epochs']}: **{verdict}**."
     )
 
 
