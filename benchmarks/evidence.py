@@ -239,7 +239,7 @@ def detect_recipe_lines(rec: dict | None, one: dict | None, old: dict | None) ->
     gap = (
         "– (its SE needs 2 seeds a twin)"
         if b["gap"] is None
-        else f"{100 * b['gap']['mean']:+.1f} ± {100 * b['gap']['se']:.1f}"
+        else f"{100 * b['gap']['delta']:+.1f} ± {100 * b['gap']['se']:.1f}"
     )
     line = (
         f"- Detection recipe study (raccoon, the same recipe, 20 epochs; [evidence/detect_recipe.md]"
@@ -288,11 +288,11 @@ def plateau_sentence(data: str, st: dict, pair: list[str]) -> str:
     g = st["gap"]
     if g is None or csp["n"] < 3 or plain["n"] < 3:
         verdict = "not shown yet (fewer than 3 seeds a twin)"
-    elif abs(g["mean"]) < 2 * g["se"]:
+    elif abs(g["delta"]) < 2 * g["se"]:
         verdict = "the gap is closed to within seed noise (|Δ| < 2·SE)"
     else:
-        verdict = f"a gap remains ({'CSP ahead' if g['mean'] > 0 else 'CSP behind'}, |Δ| ≥ 2·SE)"
-    gap = "" if g is None else f", gap {100 * g['mean']:+.1f} ± {100 * g['se']:.1f}"
+        verdict = f"a gap remains ({'CSP ahead' if g['delta'] > 0 else 'CSP behind'}, |Δ| ≥ 2·SE)"
+    gap = "" if g is None else f", gap {100 * g['delta']:+.1f} ± {100 * g['se']:.1f}"
     rest = "" if met == csp["n"] + plain["n"] else " (the others ran to the 100-epoch cap)"
     return (
         f"At the plateau on {data} (base recipe, [protocol.md](protocol.md) detection amendment 1): {pair[0]} "

@@ -53,7 +53,7 @@ def test_detection_plateau_verdict_follows_the_gap_and_its_se():
     def setting(n: int, gap: float, se: float) -> dict:
         twin = {"n": n, "mean": 0.5, "std": 0.05, "se": 0.03}
         runs = {f"{m} seed {k}": {"holds": k > 0, "move": 0.5} for m in pair for k in range(n)}
-        return {pair[0]: twin, pair[1]: twin, "gap": {"mean": gap, "se": se}, "plateau": runs, "epochs": [70, 100]}
+        return {pair[0]: twin, pair[1]: twin, "gap": {"delta": gap, "se": se}, "plateau": runs, "epochs": [70, 100]}
 
     assert "not shown yet" in evidence.plateau_sentence("raccoon", setting(2, 0.01, 0.04), pair)
     closed = evidence.plateau_sentence("raccoon", setting(3, 0.05, 0.04), pair)
