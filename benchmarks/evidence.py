@@ -411,12 +411,14 @@ def claim_grid(g: dict | None) -> list[str]:
         "cspresnet10, the paper's is PeleeNet; MACs at 32x32 (`torch.utils.flop_counter`). Δ ± SE in points.",
         "",
         "| variant | MACs vs resnet10 | params vs resnet10 | seeds | epochs | top-1 mean ± std | Δ vs resnet10 | paper: Δ vs "
-        "PeleeNet | Δ vs cspresnet10 |",
+        "PeleeNet, same label | Δ vs cspresnet10 |",
         "|---|---:|---:|---|---|---:|---:|---:|---:|",
     ]
     for label, r in g["rows"].items():
         name = f"{label} (cspresnet10)" if label == "fusion=both,gamma=0.5" else label
         name = "plain (resnet10)" if label == "plain" else name
+        if label.startswith("gamma="):  # protocol: each γ row under both readings (evidence/gamma.md)
+            name += f" (the paper's γ {1 - float(label[6:]):g} if it counts 1−γ)"
         mean = "–" if r["mean"] is None else f"{r['mean']:.2f}" + ("" if r["std"] is None else f" ± {r['std']:.2f}")
         vs_plain = "reference" if label == "plain" else _d(r["diff_vs_plain"])
         vs_csp = "reference" if label == "fusion=both,gamma=0.5" else _d(r["diff_vs_cspresnet10"])

@@ -88,18 +88,14 @@ def train(args) -> None:
 
 
 def macs_params(label: str) -> tuple[int, int]:
-    """MACs and params at the trained input (32x32, 10 classes), torch.utils.flop_counter."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
+    """MACs and params at the trained input (32x32, 10 classes)."""
     from cspnet.ablate.grid import make_variant
+    from cspnet.bench.measure import count_macs, count_params
     from cspnet.models import create_model
 
     v = make_variant(evc.PAIR[1], f"model={REFERENCE[label]}" if label in REFERENCE else label)
-    model = create_model(v.model, num_classes=10, **v.kwargs()).eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.zeros(1, 3, 32, 32))
-    return counter.get_total_flops() // 2, sum(p.numel() for p in model.parameters())
+    model = create_model(v.model, num_classes=10, **v.kwargs())
+    return count_macs(model, 32), count_params(model)
 
 
 def verdict(d: dict | None, paper: float, complete: bool) -> str:

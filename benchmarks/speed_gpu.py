@@ -16,7 +16,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": None}  # autocast to; fp32: none
 
 
 def machine(device) -> dict:
@@ -49,11 +49,11 @@ def measure(pairs: list[tuple[str, str]], dtypes: list[str], batches: list[int],
     for csp, plain in pairs:
         models = {m: create_model(m).eval().fuse().to(device, memory_format=torch.channels_last) for m in (csp, plain)}
         for dt in dtypes:
-            dtype = getattr(torch, DTYPES[dt])
+            dtype = DTYPES[dt] and getattr(torch, DTYPES[dt])
             for b in batches:
                 x = torch.randn(b, 3, img, img, device=device).to(memory_format=torch.channels_last)
 
-                fns = {m: partial(forward, model, x, dtype if dt != "fp32" else None) for m, model in models.items()}
+                fns = {m: partial(forward, model, x, dtype) for m, model in models.items()}
                 t = time_interleaved(fns, runs=runs, warmup=5)
                 s = {m: summarize(v) for m, v in t.items()}
                 ips = {m: b / (s[m]["median_ms"] / 1e3) for m in models}
