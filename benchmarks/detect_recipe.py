@@ -188,7 +188,8 @@ def run_unit(args, name: str, model: str, seed: int) -> None:
         report(args)
         subprocess.run([sys.executable, str(REPO / "benchmarks" / "evidence.py")], check=False)  # quotes the base gap
         page = REPO / "docs" / "results" / "evidence.md"
-        rel = [str(p.relative_to(REPO)) for p in (path, RESULTS.with_suffix(".json"), RESULTS.with_suffix(".md"), page)]
+        made = (path, *(RESULTS.with_suffix(x) for x in (".json", ".md", ".png")), page)
+        rel = [str(p.relative_to(REPO)) for p in made if p.is_file()]
         msg = f"detect_recipe: {name} {model} seed {seed} ({len(rs)} epochs): mAP@0.5 {out['final_map50']}"
         for _ in range(5):  # lanes commit at once: retry while another holds git's index lock
             subprocess.run(["git", "-C", str(REPO), "add", *rel], check=False)
@@ -248,19 +249,31 @@ def diff(a: dict | None, b: dict | None, k: str = "mean") -> dict | None:
     return {"delta": a[k] - b[k], "se": (a["se"] ** 2 + b["se"] ** 2) ** 0.5}
 
 
+def tail(c: list[float]) -> dict:
+    """Where a plateau run was when it stopped, in mAP points: its move over the last 3 epochs, and its mAP at the
+    epoch where the lr is held and mosaic closes (COSINE), against its final."""
+    out = {"rise_last3": 100 * (c[-1] - c[-4]) if len(c) >= 4 else None}
+    return out | {"at_cosine_end": 100 * c[COSINE - 1] if len(c) >= COSINE else None, "final": 100 * c[-1]}
+
+
 def summary() -> dict:
     """Per setting: each twin's final mAP@0.5 over seeds, the gap, and against `base` the change of the gap and each
     twin's effect, with the protocol's reading (a change beyond 2 SE; the plain twin hurt beyond 2 SE)."""
     runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
     out: dict = {"pair": PAIR, "settings": {}, "wall_s_total": sum(r["wall_s_last_sitting"] for r in runs)}
-    order = {n: i for i, n in enumerate(SETTINGS)}
+    out["planned"] = {stage: len(units(stage)) for stage in ("screen", "plateau")}
+    order = {n: i for i, n in enumerate([*SETTINGS, *(f"plateau-{d}" for d in DATASETS)])}
     for name in sorted({r["setting"] for r in runs}, key=lambda n: (order.get(n, len(order)), n)):
         mine = [r for r in runs if r["setting"] == name]
         s = {m: stats([r["final_map50"] for r in mine if r["model"] == m and not r["diverged"]]) for m in PAIR}
         s["diverged"] = [f"{r['model']} seed {r['seed']}" for r in mine if r["diverged"]]
         s["gap"] = diff(s[PAIR[0]], s[PAIR[1]])
-        s["plateau"] = {f"{r['model']} seed {r['seed']}": r["plateau"] for r in mine if r["plateau"]}
+        s["plateau"] = {
+            f"{r['model']} seed {r['seed']}": r["plateau"] | tail(r["curve_map50"]) for r in mine if r["plateau"]
+        }
         s["epochs"] = sorted({r["epochs"] for r in mine})
+        s["machine"] = mine[-1].get("machine")
+        s["load_notes"] = sorted({r["load_note"] for r in mine if r.get("load_note")})
         out["settings"][name] = s
     base = out["settings"].get("base")
     for name, s in out["settings"].items():
@@ -281,8 +294,37 @@ def pm(d: dict | None, k: str = "mean", e: str = "std") -> str:
     return x if d.get(e) is None else f"{x} ± {100 * d[e]:.1f}"
 
 
+def plot(path: Path) -> bool:
+    """Val mAP@0.5 per epoch of every plateau-stage run, one panel per dataset, the twins in two colours."""
+    runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("plateau-*.json"))]
+    if not runs:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = sorted({r["data"] for r in runs}, key=list(DATASETS).index)
+    fig, axes = plt.subplots(1, len(data), figsize=(5.5 * len(data), 4), squeeze=False)
+    for ax, d in zip(axes[0], data, strict=True):
+        for r in (r for r in runs if r["data"] == d):
+            c = [100 * x for x in r["curve_map50"]]
+            color = "tab:red" if r["model"] == PAIR[0] else "tab:blue"
+            ax.plot(range(1, len(c) + 1), c, color=color, alpha=0.8, label=f"{r['model']} seed {r['seed']}")
+        ax.axvline(COSINE, color="gray", ls=":", lw=1)  # lr held at 1% and mosaic closed from here
+        ax.set(xlabel="epoch", ylabel="val mAP@0.5 (points), EMA weights", title=d)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Detection plateau stage: {PAIR[0]} (CSP) vs {PAIR[1]} (dotted: lr held, mosaic closed)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return True
+
+
 def report(args) -> None:
     s = summary()
+    plot(RESULTS.with_suffix(".png"))
     js = RESULTS.with_suffix(".json")
     js.with_suffix(f".{os.getpid()}.tmp").write_text(json.dumps(s, indent=1) + "\n")  # lanes may report at once
     os.replace(js.with_suffix(f".{os.getpid()}.tmp"), js)

@@ -217,61 +217,18 @@ def claim_accuracy(cls: dict | None) -> list[str]:
         out.append(
             f"- Detection, raccoon, 1/8 width, {det['args']['epochs']} epochs, seed {det['args']['seed']} only "
             f"([detect_raccoon.md](detect_raccoon.md)): yolov4-s (CSP) mAP@0.5 {r['yolov4-s']['map50']:.3f}, "
-            f"yolov4-darknet53-s {r['yolov4-darknet53-s']['map50']:.3f}. Not converged, one seed: **not shown**. "
-            + init_sentence()
+            f"yolov4-darknet53-s {r['yolov4-darknet53-s']['map50']:.3f}. Not converged, one seed: **not shown**; the "
+            "recipe study below runs this recipe again with 3 seeds."
         )
-    out += detect_recipe_lines(_load(EV / "detect_recipe.json"), _load(EV / "detect_one_class.json"), det)
-    return out + [""]
+    out.append("")
+    return out + claim_detection(_load(EV / "detect_recipe.json"), _load(EV / "detect_one_class.json"), det)
 
 
 def seeds(n: int) -> str:
     return f"{n} seed" + ("" if n == 1 else "s")
 
 
-def detect_recipe_lines(rec: dict | None, one: dict | None, old: dict | None) -> list[str]:
-    """The detection recipe study so far (benchmarks/detect_recipe.py): the base recipe's gap, and what re-scoring
-    its checkpoints without the untrained one-class logit changed (benchmarks/detect_one_class.py)."""
-    if not rec or "base" not in rec["settings"]:
-        return []
-    b = rec["settings"]["base"]
-    csp, plain = (b[m] for m in rec["pair"])
-
-    gap = (
-        "– (its SE needs 2 seeds a twin)"
-        if b["gap"] is None
-        else f"{100 * b['gap']['delta']:+.1f} ± {100 * b['gap']['se']:.1f}"
-    )
-    line = (
-        f"- Detection recipe study (raccoon, the same recipe, 20 epochs; [evidence/detect_recipe.md]"
-        f'(evidence/detect_recipe.md), protocol.md "Detection"), so far: base recipe {rec["pair"][0]} mAP@0.5 '
-        f"{map_cell(csp)} points ({seeds(csp['n'])}), {rec['pair'][1]} {map_cell(plain)} ({seeds(plain['n'])}), gap "
-        f"CSP − plain {gap}."
-    )
-    if old and csp["mean"] is not None and plain["mean"] is not None:
-        r = old["results"]
-        before, now = (
-            100 * (r[rec["pair"][0]]["map50"] - r[rec["pair"][1]]["map50"]),
-            100 * (csp["mean"] - plain["mean"]),
-        )
-        line += (
-            f" detect_raccoon.md's run of this recipe (seed {old['args']['seed']}, the code of its day) had the gap at "
-            f"{before:+.1f}; here it is {now:+.1f}"
-            + (": the 20-epoch final moves by tens of points between runs" if abs(now - before) > 20 else "")
-            + ". The study looks at the plateau first ([protocol.md](protocol.md) detection amendment 1); the screen "
-            "of recipe settings resumes after it. **Not shown yet.**"
-        )
-    for name, st in rec["settings"].items():
-        if name.startswith("plateau-"):
-            line += " " + plateau_sentence(name.removeprefix("plateau-"), st, rec["pair"])
-    if one and one["map50_old_minus_new"]["n"]:
-        d = one["map50_old_minus_new"]
-        line += (
-            f" Scoring with the untrained one-class logit (as before commit 8116c13, which detect_raccoon.md's runs "
-            f"used) changes mAP@0.5 by {100 * d['min']:+.1f} to {100 * d['max']:+.1f} points on the same "
-            f"{d['n']} checkpoints ([evidence/detect_one_class.json](evidence/detect_one_class.json), "
-            f"`{one['command']}`)."
-        )
-    return [line]
+FLOOR = 0.02  # protocol.md: both twins near mAP 0 (coco128 from scratch) is a floor, not an agreement
 
 
 def map_cell(x: dict) -> str:
@@ -281,23 +238,152 @@ def map_cell(x: dict) -> str:
     return f"{100 * x['mean']:.1f}" + ("" if x["std"] is None else f" ± {100 * x['std']:.1f}")
 
 
-def plateau_sentence(data: str, st: dict, pair: list[str]) -> str:
-    """The pair at the plateau on one dataset (detection amendment 1): each twin, the gap and its verdict."""
+def plateau_verdict(st: dict, pair: list[str]) -> str:
+    """Detection amendment 1's reading of one dataset at the plateau: 3 seeds a twin, then |Δ| against 2·SE."""
     csp, plain = (st[m] for m in pair)
-    met = sum(1 for r in st["plateau"].values() if r["holds"])
     g = st["gap"]
     if g is None or csp["n"] < 3 or plain["n"] < 3:
-        verdict = "not shown yet (fewer than 3 seeds a twin)"
-    elif abs(g["delta"]) < 2 * g["se"]:
-        verdict = "the gap is closed to within seed noise (|Δ| < 2·SE)"
-    else:
-        verdict = f"a gap remains ({'CSP ahead' if g['delta'] > 0 else 'CSP behind'}, |Δ| ≥ 2·SE)"
-    gap = "" if g is None else f", gap {100 * g['delta']:+.1f} ± {100 * g['se']:.1f}"
-    rest = "" if met == csp["n"] + plain["n"] else " (the others ran to the 100-epoch cap)"
+        return "not shown yet (fewer than 3 seeds a twin)"
+    if max(csp["mean"], plain["mean"]) < FLOOR:
+        return f"not shown: both twins at the floor (under {100 * FLOOR:.0f} points), not an agreement"
+    if abs(g["delta"]) < 2 * g["se"]:
+        return "the gap is closed to within seed noise (|Δ| < 2·SE)"
+    return f"a gap remains ({'CSP ahead' if g['delta'] > 0 else 'CSP behind'}, |Δ| ≥ 2·SE)"
+
+
+def plateau_row(data: str, st: dict, pair: list[str]) -> str:
+    """One dataset of the plateau stage: each twin, the gap, the criterion, the last epochs' move, the verdict."""
+    csp, plain = (st[m] for m in pair)
+    met = sum(1 for r in st["plateau"].values() if r["holds"])
+    runs = len(st["plateau"])
+    cap = "" if met == runs else f" (the other {runs - met} ran to the 100-epoch cap)"
+    gap = "–" if st["gap"] is None else f"{100 * st['gap']['delta']:+.1f} ± {100 * st['gap']['se']:.1f}"
+    tail = ", ".join(
+        f"{'CSP' if k.startswith(pair[0] + ' ') else 'plain'} {k.rsplit(' ', 1)[1]}: {r['rise_last3']:+.1f}"
+        for k, r in sorted(st["plateau"].items())
+        if r.get("rise_last3") is not None
+    )
     return (
-        f"At the plateau on {data} (base recipe, [protocol.md](protocol.md) detection amendment 1): {pair[0]} "
-        f"{map_cell(csp)} ({seeds(csp['n'])}), {pair[1]} {map_cell(plain)} ({seeds(plain['n'])}){gap}; {met} of "
-        f"{csp['n'] + plain['n']} runs met the criterion{rest}, stopping at epochs {st['epochs']}: **{verdict}**."
+        f"| {data} | {map_cell(csp)} ({csp['n']}) | {map_cell(plain)} ({plain['n']}) | {gap} | {met} of {runs}{cap} | "
+        f"{', '.join(map(str, st['epochs']))} | {tail or '–'} | {plateau_verdict(st, pair)} |"
+    )
+
+
+def claim_detection(rec: dict | None, one: dict | None, old: dict | None) -> list[str]:
+    """The detection pair (benchmarks/detect_recipe.py): the plateau stage per dataset, the 20-epoch recipe screen,
+    and what was measured about the gap (initialisation, the one-class logit)."""
+    if not rec:
+        return []
+    pair = rec["pair"]
+    sets = rec["settings"]
+    plateau = {k.removeprefix("plateau-"): v for k, v in sets.items() if k.startswith("plateau-")}
+    some = next((v for v in plateau.values()), None)
+    out = [
+        f"**Detection, {pair[0]} (CSPDarknet53) vs {pair[1]} (plain Darknet53)** (width 1/8, image 160, from scratch, "
+        'one recipe for both twins; protocol: [protocol.md](protocol.md) "Detection" and detection amendment 1; '
+        '`python benchmarks/detect_recipe.py plateau --recipe "" --jobs 2 --commit`, then `python '
+        "benchmarks/detect_recipe.py report` and this page's command). Val mAP@0.5 in points of the EMA weights "
+        "where each run stopped, mean ± std (seeds); gap = CSP − plain ± SE. Schedule: cosine to 1% of the peak lr "
+        "by epoch 50, then held there with mosaic closed; a run stops once the mean of its last 5 epochs moves by "
+        "less than 1 point against the 5 before (from epoch 60), at most 100 epochs."
+        + (
+            f" Runs: {_machine(some['machine'])}; {' or '.join(some['load_notes'])}."
+            if some and some.get("machine") and some.get("load_notes")
+            else ""
+        ),
+        "",
+    ]
+    if plateau:
+        out += [
+            "![val mAP@0.5 per epoch](evidence/detect_recipe.png)",
+            "",
+            f"| data | {pair[0]} | {pair[1]} | gap | plateau criterion met | stopped at epochs | change over the "
+            "last 3 epochs | verdict |",
+            "|---|---:|---:|---:|---|---|---|---|",
+            *(plateau_row(d, st, pair) for d, st in plateau.items()),
+            "",
+            *after_mosaic(plateau, pair),
+        ]
+    out += screen_lines(rec, old)
+    notes = [init_sentence(), one_class_sentence(one)]
+    return out + [" ".join(n for n in notes if n), ""]
+
+
+def after_mosaic(plateau: dict, pair: list[str]) -> list[str]:
+    """How much of each plateau run's final mAP came after epoch 50, where the lr is held at 1% and mosaic closes
+    (datasets above the floor only: a share of a near-zero mAP says nothing)."""
+    cells = []
+    for data, st in plateau.items():
+        runs = [r for r in st["plateau"].values() if r.get("at_cosine_end") is not None and r["final"] > 0]
+        if runs and min(st[m]["mean"] or 0 for m in pair) >= FLOOR:
+            share = sum((r["final"] - r["at_cosine_end"]) / r["final"] for r in runs) / len(runs)
+            cells.append(f"on {data}, {share:.0%} of a run's final mAP@0.5 on average ({len(runs)} runs)")
+    if not cells:
+        return []
+    return [
+        "Mosaic stays on until epoch 50 in this stage, and the lr is at 1% of its peak from there. What came after "
+        f"epoch 50: {'; '.join(cells)}. The schedule is the same for both twins; the criterion was fixed in advance, "
+        "and the column of the last 3 epochs shows where a run was still moving when the criterion stopped it.",
+        "",
+    ]
+
+
+def screen_lines(rec: dict, old: dict | None) -> list[str]:
+    """The 20-epoch screen of recipe settings: how far it got, the base gap, and the settings' readings."""
+    pair, sets = rec["pair"], rec["settings"]
+    screen = {k: v for k, v in sets.items() if not k.startswith("plateau-")}
+    if "base" not in screen:
+        return []
+    done = sum(v[m]["n"] for v in screen.values() for m in pair) + sum(len(v["diverged"]) for v in screen.values())
+    planned = rec.get("planned", {}).get("screen")
+    b = screen["base"]
+    csp, plain = (b[m] for m in pair)
+    gap = (
+        "– (its SE needs 2 seeds a twin)"
+        if b["gap"] is None
+        else f"{100 * b['gap']['delta']:+.1f} ± {100 * b['gap']['se']:.1f}"
+    )
+    line = (
+        "Recipe screen (raccoon, 20 epochs, one factor changed from the base recipe for both twins: warm-up, zero-γ, "
+        "BN momentum, weight decay on BN, lr; [evidence/detect_recipe.md](evidence/detect_recipe.md), `python "
+        f"benchmarks/detect_recipe.py screen --jobs 2 --commit`): {done}{f' of {planned}' if planned else ''} units "
+        f"finished. Base recipe: {pair[0]} {map_cell(csp)} ({seeds(csp['n'])}), {pair[1]} {map_cell(plain)} "
+        f"({seeds(plain['n'])}), gap {gap}."
+    )
+    if old and csp["n"] == 1 and plain["n"] == 1:
+        r = old["results"]
+        before = 100 * (r[pair[0]]["map50"] - r[pair[1]]["map50"])
+        line += (
+            f" detect_raccoon.md's run of this recipe (seed {old['args']['seed']}, the code of its day) had the gap "
+            f"at {before:+.1f}; here it is {100 * (csp['mean'] - plain['mean']):+.1f}."
+        )
+    full = [k for k, v in screen.items() if k != "base" and min(v[m]["n"] for m in pair) >= 3]
+    if full and min(b[m]["n"] for m in pair) >= 3:
+        moves = [k for k in full if screen[k].get("reading", {}).get("gap_changes")]
+        hurts = [k for k in full if screen[k].get("reading", {}).get("hurts_plain")]
+        cells = "; ".join(f"`{k}` {_pts(screen[k].get('gap_change'))}" for k in full)
+        line += (
+            f" Change of the gap against base (Δgap ± SE, 3 seeds): {cells}. Settings that change the gap beyond "
+            f"2·SE: {', '.join(f'`{k}`' for k in moves) or 'none'}; that hurt the plain twin beyond 2·SE: "
+            f"{', '.join(f'`{k}`' for k in hurts) or 'none'}."
+        )
+    else:
+        line += " **The settings' effects: not shown yet** (3 seeds a setting needed)."
+    return [line, ""]
+
+
+def _pts(d: dict | None) -> str:
+    return "–" if d is None else f"{100 * d['delta']:+.1f} ± {100 * d['se']:.1f}"
+
+
+def one_class_sentence(one: dict | None) -> str:
+    if not one or not one["map50_old_minus_new"]["n"]:
+        return ""
+    d = one["map50_old_minus_new"]
+    return (
+        f"Scoring with the untrained one-class logit (as before commit 8116c13, which detect_raccoon.md's runs used) "
+        f"changes mAP@0.5 by {100 * d['min']:+.1f} to {100 * d['max']:+.1f} points on the same {d['n']} checkpoints "
+        f"([evidence/detect_one_class.json](evidence/detect_one_class.json), `{one['command']}`): not the gap's cause."
     )
 
 

@@ -46,19 +46,29 @@ def test_grid_summary_is_the_committed_runs():
 
 
 def test_detection_plateau_verdict_follows_the_gap_and_its_se():
-    """The page calls the detection gap closed only with 3 seeds a twin and |Δ| < 2·SE."""
+    """The page calls the detection gap closed only with 3 seeds a twin and |Δ| < 2·SE, and never at the floor."""
     evidence = load("evidence")
     pair = ["yolov4-s", "yolov4-darknet53-s"]
 
-    def setting(n: int, gap: float, se: float) -> dict:
-        twin = {"n": n, "mean": 0.5, "std": 0.05, "se": 0.03}
-        runs = {f"{m} seed {k}": {"holds": k > 0, "move": 0.5} for m in pair for k in range(n)}
+    def setting(n: int, gap: float, se: float, mean: float = 0.5) -> dict:
+        twin = {"n": n, "mean": mean, "std": 0.05, "se": 0.03}
+        runs = {f"{m} seed {k}": {"holds": k > 0, "move": 0.5, "rise_last3": 1.5} for m in pair for k in range(n)}
         return {pair[0]: twin, pair[1]: twin, "gap": {"delta": gap, "se": se}, "plateau": runs, "epochs": [70, 100]}
 
-    assert "not shown yet" in evidence.plateau_sentence("raccoon", setting(2, 0.01, 0.04), pair)
-    closed = evidence.plateau_sentence("raccoon", setting(3, 0.05, 0.04), pair)
-    assert "gap is closed" in closed and "4 of 6 runs met the criterion (the others ran to the 100-epoch cap)" in closed
-    assert "CSP behind" in evidence.plateau_sentence("raccoon", setting(3, -0.1, 0.04), pair)
+    assert "not shown yet" in evidence.plateau_verdict(setting(2, 0.01, 0.04), pair)
+    assert "gap is closed" in evidence.plateau_verdict(setting(3, 0.05, 0.04), pair)
+    assert "CSP behind" in evidence.plateau_verdict(setting(3, -0.1, 0.04), pair)
+    assert "floor" in evidence.plateau_verdict(setting(3, 0.001, 0.001, mean=0.004), pair)
+    row = evidence.plateau_row("raccoon", setting(3, 0.05, 0.04), pair)
+    assert "| 4 of 6 (the other 2 ran to the 100-epoch cap) |" in row and "CSP 2: +1.5" in row
+
+
+def test_detection_tail_reads_the_curve():
+    """Each plateau run's last-3-epoch move and its mAP where the lr is held come from its curve, in points."""
+    rec = load("detect_recipe")
+    c = [0.01 * k for k in range(1, 61)]  # one point a epoch, 60 epochs
+    t = rec.tail(c)
+    assert round(t["rise_last3"], 6) == 3.0 and round(t["at_cosine_end"], 6) == rec.COSINE and round(t["final"], 6) == 60
 
 
 def test_resume_script_names_parts_its_scripts_take():
