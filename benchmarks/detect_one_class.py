@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from cspnet.io import write_json  # noqa: E402 (after the sys.path line)
+
 OUT = REPO / "docs" / "results" / "evidence" / "detect_one_class.json"
 
 
@@ -65,9 +66,7 @@ def main(argv: list[str] | None = None) -> None:
             "max": max(deltas, default=None),
         },
     }
-    tmp = OUT.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=1) + "\n")
-    os.replace(tmp, OUT)
+    write_json(OUT, out)
     print(out["map50_old_minus_new"], "->", OUT)
 
 

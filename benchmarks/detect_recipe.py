@@ -46,6 +46,7 @@ COSINE, CAP = 50, 100  # plateau stage: cosine to min_lr by epoch COSINE, then h
 WINDOW, PLATEAU_POINTS = 5, 1.0  # |mean of the last WINDOW val mAP@0.5 - mean of the WINDOW before| < 1 point
 
 from cspnet.engine.tasks.detect import DetectTask  # noqa: E402 (after the sys.path line)
+from cspnet.io import write_json  # noqa: E402
 
 
 class RecipeTask(DetectTask):
@@ -180,9 +181,7 @@ def run_unit(args, name: str, model: str, seed: int) -> None:
         "command": "python benchmarks/detect_recipe.py " + (f"plateau --recipe {args.recipe}" if plateau_at else "screen"),
     }  # fmt: skip
     path = unit_path(name, model, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".tmp").write_text(json.dumps(out, indent=1) + "\n")
-    os.replace(path.with_suffix(".tmp"), path)
+    write_json(path, out)
     print(f"recipe: {name} {model} seed {seed}: mAP@0.5 {out['final_map50']}", flush=True)
     if args.commit:
         report(args)
@@ -326,8 +325,7 @@ def report(args) -> None:
     s = summary()
     plot(RESULTS.with_suffix(".png"))
     js = RESULTS.with_suffix(".json")
-    js.with_suffix(f".{os.getpid()}.tmp").write_text(json.dumps(s, indent=1) + "\n")  # lanes may report at once
-    os.replace(js.with_suffix(f".{os.getpid()}.tmp"), js)
+    write_json(js, s)  # atomic: lanes may report at once
     lines = ["# Detection recipe study: yolov4-s (CSP) against yolov4-darknet53-s (plain)", "",
              "The protocol: [protocol.md](../protocol.md#detection-why-yolov4-s-trails-yolov4-darknet53-s-written-2026-12-07-before-any-of-these-runs). "
              "Val mAP@0.5 (points) of the last epoch's EMA weights, mean ± std over seeds (n); gap = CSP − plain ± SE; "

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -22,6 +21,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from cspnet.io import write_json  # noqa: E402 (after the sys.path line; evidence_ablate.py uses it too)
+
 RESULTS = REPO / "docs" / "results" / "evidence" / "classify"
 PAIR = ("cspresnet10", "resnet10")  # CSP, plain
 BUDGET = "plateau_cpu"
@@ -136,14 +137,6 @@ def train_record(args, s, v, seed: int, epochs: int) -> dict:
         "machine": machine_info(args.threads),
         "load_note": f"{args.jobs} runs in parallel, {args.threads} torch thread(s) each, nice'd, beside development work",
     }
-
-
-def write_json(path: Path, obj: dict) -> None:
-    """Atomic, and safe when two lanes write the same file at once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def git_commit(paths: list[Path], msg: str) -> None:

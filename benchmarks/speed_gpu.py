@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from cspnet.io import write_json  # noqa: E402 (after the sys.path line)
+
 DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": None}  # autocast to; fp32: none
 
 
@@ -93,11 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = measure(pairs, args.dtypes.split(","), args.batch, args.img, device, args.runs)
     out = {"command": "python benchmarks/speed_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     out |= {"device": str(device), "machine": machine(device), "rows": rows}
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=1) + "\n")
-    os.replace(tmp, path)
+    path = write_json(Path(args.out), out)
     print("->", path)
 
 

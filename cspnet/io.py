@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 from collections.abc import Callable
@@ -29,6 +30,11 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any], mode: str 
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_json(path: str | Path, obj: Any, indent: int = 1) -> Path:
+    """`obj` as a JSON file ending in a newline, written atomically (safe when two processes write it at once)."""
+    return atomic_write(path, lambda f: f.write(json.dumps(obj, indent=indent) + "\n"), mode="w")
 
 
 def torch_load(path: str | Path, what: str = "torch file") -> Any:

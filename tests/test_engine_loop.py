@@ -53,6 +53,19 @@ def test_checkpoint_is_atomic(tmp_path, monkeypatch):
     assert load_checkpoint(path)["epoch"] == 1  # the old file is whole
 
 
+def test_write_json_is_atomic(tmp_path):
+    """A result JSON that cannot be serialised leaves the last good one whole, and no temp file behind."""
+    import json
+
+    from cspnet.io import write_json
+
+    path = write_json(tmp_path / "r.json", {"top1": 80.1})
+    assert path.read_text().endswith("}\n") and json.loads(path.read_text()) == {"top1": 80.1}
+    with pytest.raises(TypeError):
+        write_json(path, {"top1": object()})
+    assert json.loads(path.read_text()) == {"top1": 80.1} and [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
 def test_fit_writes_the_run_folder(data, tmp_path):
     run = tmp_path / "run"
     aug = dict(mixup=0.2, cutmix=1.0, label_smoothing=0.1, randaugment=True)

@@ -29,7 +29,7 @@ from cspnet.engine import Trainer
 from cspnet.engine.run import RunDir, project_dir
 from cspnet.engine.tasks.classify import ClassifyCfg, ClassifyTask
 from cspnet.errors import ConfigError, InputError
-from cspnet.io import atomic_write
+from cspnet.io import write_json
 
 PARTS = ("train", "measure", "report")
 
@@ -62,10 +62,6 @@ class VariantTask(ClassifyTask):
         meta = super().meta()
         meta["overrides"] = {**meta.get("overrides", {}), **self.overrides}
         return meta
-
-
-def write_json(path: Path, obj: dict) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2)), mode="w")
 
 
 def read_json(path: Path) -> dict | None:
