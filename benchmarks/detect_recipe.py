@@ -107,9 +107,26 @@ def plateau(c: list[float], start: int) -> dict:
     return {"holds": abs(move) < PLATEAU_POINTS, "move": move}
 
 
-def units(stage: str) -> list[tuple[str, str, int]]:
+def plateau_name(data: str, mosaic_epochs: int | None = None) -> str:
+    """plateau-<data>, or plateau-mosaic<N>-<data> where mosaic closes at epoch N (detection amendment 2)."""
+    tag = "" if mosaic_epochs in (None, COSINE) else f"mosaic{mosaic_epochs}-"  # 50: the first stage's own name
+    return f"plateau-{tag}{data}"
+
+
+def parse_plateau(name: str) -> tuple[str, int]:
+    """(dataset, the epoch where mosaic closes) of a plateau-stage setting name."""
+    rest = name.removeprefix("plateau-")
+    if rest.startswith("mosaic"):
+        tag, data = rest.split("-", 1)
+        return data, int(tag.removeprefix("mosaic"))
+    return rest, COSINE
+
+
+def units(
+    stage: str, mosaic_epochs: int | None = None, datasets: list[str] | None = None
+) -> list[tuple[str, str, int]]:
     """Seed-major: every setting (and dataset) gets seed 0 before any gets seed 1."""
-    names = list(SETTINGS) if stage == "screen" else [f"plateau-{d}" for d in DATASETS]
+    names = list(SETTINGS) if stage == "screen" else [plateau_name(d, mosaic_epochs) for d in datasets or DATASETS]
     return [(n, m, k) for k in range(SEEDS) for n in names for m in PAIR]
 
 
@@ -126,11 +143,13 @@ def recipe(name: str, chosen: str) -> tuple[dict, dict, dict, str]:
     train = {**BASE_TRAIN, **{k: v for k, v in knobs.items() if k in BASE_TRAIN}}
     task = {k: v for k, v in knobs.items() if k not in BASE_TRAIN}
     detect = dict(BASE_DETECT)
-    if name.startswith("plateau-"):
-        train |= {"epochs": CAP, "cooldown_epochs": CAP - COSINE}
-        detect["close_mosaic"] = CAP - COSINE
-        task["stop_at_plateau"] = True
-    return detect, train, task, name.removeprefix("plateau-") if name.startswith("plateau-") else "raccoon"
+    if not name.startswith("plateau-"):
+        return detect, train, task, "raccoon"
+    data, mosaic_until = parse_plateau(name)
+    train |= {"epochs": CAP, "cooldown_epochs": CAP - COSINE}
+    detect["close_mosaic"] = CAP - mosaic_until
+    task["stop_at_plateau"] = True
+    return detect, train, task, data
 
 
 def run_unit(args, name: str, model: str, seed: int) -> None:
@@ -178,7 +197,7 @@ def run_unit(args, name: str, model: str, seed: int) -> None:
         "device": device, "gpu": torch.cuda.get_device_name() if device and device.startswith("cuda") else None,
         "machine": machine_info(args.threads),
         "load_note": f"{args.jobs} lane(s) in parallel, {args.threads} torch thread(s) each",
-        "command": "python benchmarks/detect_recipe.py " + (f"plateau --recipe {args.recipe}" if plateau_at else "screen"),
+        "command": command(name, args.recipe),
     }  # fmt: skip
     path = unit_path(name, model, seed)
     write_json(path, out)
@@ -196,6 +215,15 @@ def run_unit(args, name: str, model: str, seed: int) -> None:
             if subprocess.run(git, check=False).returncode == 0:
                 break
             time.sleep(3)
+
+
+def command(name: str, chosen: str) -> str:
+    """The command line that trains this unit's stage."""
+    if not name.startswith("plateau-"):
+        return "python benchmarks/detect_recipe.py screen"
+    data, mosaic_until = parse_plateau(name)
+    extra = "" if mosaic_until == COSINE else f" --mosaic-epochs {mosaic_until} --datasets {data}"
+    return f"python benchmarks/detect_recipe.py plateau --recipe {chosen}{extra}"
 
 
 def lane(args) -> None:
@@ -218,12 +246,13 @@ def lane(args) -> None:
 
 
 def start(args) -> None:
-    for u in units(args.part):  # a committed unit of another --recipe would mix two studies in one table
+    mine = units(args.part, args.mosaic_epochs, args.datasets.split(",") if args.datasets else None)
+    for u in mine:  # a committed unit of another --recipe would mix two studies in one table
         path, want = unit_path(*u), dict(zip(("detect", "train", "task"), recipe(u[0], args.recipe), strict=False))
         if path.is_file() and json.loads(path.read_text())["recipe"] != json.loads(json.dumps(want)):
             raise SystemExit(f"{path} was trained with another recipe; pass its --recipe, or move the old units away")
-    todo = [u for u in units(args.part) if not unit_path(*u).is_file()]
-    print(f"recipe: {len(todo)} of {len(units(args.part))} {args.part} units to run", flush=True)
+    todo = [u for u in mine if not unit_path(*u).is_file()]
+    print(f"recipe: {len(todo)} of {len(mine)} {args.part} units to run", flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
     argv = [sys.executable, __file__, "lane", "--data-root", args.data_root, "--project", args.project]
     argv += ["--recipe", args.recipe, "--threads", str(args.threads), "--workers", str(args.workers)]
@@ -261,8 +290,15 @@ def summary() -> dict:
     runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
     out: dict = {"pair": PAIR, "settings": {}, "wall_s_total": sum(r["wall_s_last_sitting"] for r in runs)}
     out["planned"] = {stage: len(units(stage)) for stage in ("screen", "plateau")}
-    order = {n: i for i, n in enumerate([*SETTINGS, *(f"plateau-{d}" for d in DATASETS)])}
-    for name in sorted({r["setting"] for r in runs}, key=lambda n: (order.get(n, len(order)), n)):
+    datasets = list(DATASETS)
+
+    def order(n: str) -> tuple:  # the screen's settings, then the plateau stages by dataset and mosaic length
+        if n in SETTINGS:
+            return (0, list(SETTINGS).index(n))
+        data, mosaic_until = parse_plateau(n)
+        return (1, datasets.index(data) if data in datasets else len(datasets), -mosaic_until, n)
+
+    for name in sorted({r["setting"] for r in runs}, key=order):
         mine = [r for r in runs if r["setting"] == name]
         s = {m: stats([r["final_map50"] for r in mine if r["model"] == m and not r["diverged"]]) for m in PAIR}
         s["diverged"] = [f"{r['model']} seed {r['seed']}" for r in mine if r["diverged"]]
@@ -303,18 +339,27 @@ def plot(path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    data = sorted({r["data"] for r in runs}, key=list(DATASETS).index)
-    fig, axes = plt.subplots(1, len(data), figsize=(5.5 * len(data), 4), squeeze=False)
-    for ax, d in zip(axes[0], data, strict=True):
-        for r in (r for r in runs if r["data"] == d):
+    names = sorted({r["setting"] for r in runs}, key=lambda n: (list(DATASETS).index(parse_plateau(n)[0]), n))
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        data, mosaic_until = parse_plateau(name)
+        for r in (r for r in runs if r["setting"] == name):
             c = [100 * x for x in r["curve_map50"]]
             color = "tab:red" if r["model"] == PAIR[0] else "tab:blue"
             ax.plot(range(1, len(c) + 1), c, color=color, alpha=0.8, label=f"{r['model']} seed {r['seed']}")
-        ax.axvline(COSINE, color="gray", ls=":", lw=1)  # lr held at 1% and mosaic closed from here
-        ax.set(xlabel="epoch", ylabel="val mAP@0.5 (points), EMA weights", title=d)
+        ax.axvline(COSINE, color="gray", ls=":", lw=1)  # lr held at 1% from here
+        if mosaic_until != COSINE:
+            ax.axvline(mosaic_until, color="gray", ls="--", lw=1)
+        ax.set(
+            xlabel="epoch",
+            ylabel="val mAP@0.5 (points), EMA weights",
+            title=f"{data}, mosaic until epoch {mosaic_until}",
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"Detection plateau stage: {PAIR[0]} (CSP) vs {PAIR[1]} (dotted: lr held, mosaic closed)")
+    fig.suptitle(
+        f"Detection plateau stages: {PAIR[0]} (CSP) vs {PAIR[1]} (dotted: lr held at 1%; dashed: mosaic closes)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -363,7 +408,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=1, help="data loader processes per lane")
     p.add_argument("--units", default="", help="lane: setting:model:seed,... (set by screen/plateau)")
     p.add_argument("--commit", action="store_true", help="git commit each unit's JSON when it finishes")
+    p.add_argument("--mosaic-epochs", type=int, default=None, help="plateau: mosaic closes at this epoch (default 50)")
+    p.add_argument("--datasets", default="", help=f"plateau: datasets, e.g. raccoon (default {','.join(DATASETS)})")
     args = p.parse_args(argv)
+    if args.part == "screen" and (args.mosaic_epochs is not None or args.datasets):
+        p.error("--mosaic-epochs and --datasets are options of the plateau stage only")
+    if args.mosaic_epochs is not None and not 0 <= args.mosaic_epochs <= COSINE:
+        p.error(f"--mosaic-epochs must lie in 0..{COSINE} (mosaic closes before the lr is held)")
+    bad = [d for d in filter(None, args.datasets.split(",")) if d not in DATASETS]
+    if bad:
+        p.error(f"unknown --datasets {', '.join(bad)}; known: {', '.join(DATASETS)}")
     unknown = [s for s in filter(None, args.recipe.split(",")) if s not in SETTINGS]
     if unknown:
         p.error(f"unknown --recipe setting {', '.join(unknown)}; known: {', '.join(SETTINGS)}")

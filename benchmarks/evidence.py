@@ -247,7 +247,7 @@ def plateau_verdict(st: dict, pair: list[str]) -> str:
     if max(csp["mean"], plain["mean"]) < FLOOR:
         return f"not shown: both twins at the floor (under {100 * FLOOR:.0f} points), not an agreement"
     if abs(g["delta"]) < 2 * g["se"]:
-        return "the gap is closed to within seed noise (|Δ| < 2·SE)"
+        return f"the gap is closed to within seed noise (|Δ| < 2·SE), where only gaps above {280 * g['se']:.1f} points are seen"
     return f"a gap remains ({'CSP ahead' if g['delta'] > 0 else 'CSP behind'}, |Δ| ≥ 2·SE)"
 
 
@@ -257,7 +257,8 @@ def plateau_row(data: str, st: dict, pair: list[str]) -> str:
     met = sum(1 for r in st["plateau"].values() if r["holds"])
     runs = len(st["plateau"])
     cap = "" if met == runs else f" (the other {runs - met} ran to the 100-epoch cap)"
-    gap = "–" if st["gap"] is None else f"{100 * st['gap']['delta']:+.1f} ± {100 * st['gap']['se']:.1f}"
+    g = st["gap"]
+    gap = "–" if g is None else f"{100 * g['delta']:+.1f} ± {100 * g['se']:.1f} (detects {280 * g['se']:.1f})"
     tail = ", ".join(
         f"{'CSP' if k.startswith(pair[0] + ' ') else 'plain'} {k.rsplit(' ', 1)[1]}: {r['rise_last3']:+.1f}"
         for k, r in sorted(st["plateau"].items())
@@ -269,6 +270,15 @@ def plateau_row(data: str, st: dict, pair: list[str]) -> str:
     )
 
 
+def stage_label(name: str) -> str:
+    """A plateau stage's setting name as the page says it: its dataset and where mosaic closes."""
+    rest = name.removeprefix("plateau-")
+    if rest.startswith("mosaic"):
+        tag, data = rest.split("-", 1)
+        return f"{data}, mosaic until epoch {tag.removeprefix('mosaic')} (amendment 2)"
+    return f"{rest}, mosaic until epoch 50"
+
+
 def claim_detection(rec: dict | None, one: dict | None, old: dict | None) -> list[str]:
     """The detection pair (benchmarks/detect_recipe.py): the plateau stage per dataset, the 20-epoch recipe screen,
     and what was measured about the gap (initialisation, the one-class logit)."""
@@ -276,16 +286,17 @@ def claim_detection(rec: dict | None, one: dict | None, old: dict | None) -> lis
         return []
     pair = rec["pair"]
     sets = rec["settings"]
-    plateau = {k.removeprefix("plateau-"): v for k, v in sets.items() if k.startswith("plateau-")}
+    plateau = {stage_label(k): v for k, v in sets.items() if k.startswith("plateau-")}
     some = next((v for v in plateau.values()), None)
     out = [
         f"**Detection, {pair[0]} (CSPDarknet53) vs {pair[1]} (plain Darknet53)** (width 1/8, image 160, from scratch, "
         'one recipe for both twins; protocol: [protocol.md](protocol.md) "Detection" and detection amendment 1; '
         '`python benchmarks/detect_recipe.py plateau --recipe "" --jobs 2 --commit`, then `python '
         "benchmarks/detect_recipe.py report` and this page's command). Val mAP@0.5 in points of the EMA weights "
-        "where each run stopped, mean ± std (seeds); gap = CSP − plain ± SE. Schedule: cosine to 1% of the peak lr "
-        "by epoch 50, then held there with mosaic closed; a run stops once the mean of its last 5 epochs moves by "
-        "less than 1 point against the 5 before (from epoch 60), at most 100 epochs."
+        "where each run stopped, mean ± std (seeds); gap = CSP − plain ± SE, and the smallest gap the seeds can "
+        "detect (2.8·SE). Schedule: cosine to 1% of the peak lr by epoch 50, then held there; mosaic closes at epoch "
+        "50 (detection amendment 2: at epoch 20, `--mosaic-epochs 20 --datasets raccoon`); a run stops once the mean "
+        "of its last 5 epochs moves by less than 1 point against the 5 before (from epoch 60), at most 100 epochs."
         + (
             f" Runs: {_machine(some['machine'])}; {' or '.join(some['load_notes'])}."
             if some and some.get("machine") and some.get("load_notes")
@@ -317,13 +328,13 @@ def after_mosaic(plateau: dict, pair: list[str]) -> list[str]:
         runs = [r for r in st["plateau"].values() if r.get("at_cosine_end") is not None and r["final"] > 0]
         if runs and min(st[m]["mean"] or 0 for m in pair) >= FLOOR:
             share = sum((r["final"] - r["at_cosine_end"]) / r["final"] for r in runs) / len(runs)
-            cells.append(f"on {data}, {share:.0%} of a run's final mAP@0.5 on average ({len(runs)} runs)")
+            cells.append(f"{data}: {share:.0%} of a run's final mAP@0.5 on average ({len(runs)} runs)")
     if not cells:
         return []
     return [
-        "Mosaic stays on until epoch 50 in this stage, and the lr is at 1% of its peak from there. What came after "
-        f"epoch 50: {'; '.join(cells)}. The schedule is the same for both twins; the criterion was fixed in advance, "
-        "and the column of the last 3 epochs shows where a run was still moving when the criterion stopped it.",
+        "The lr is at 1% of its peak from epoch 50 on. What came after epoch 50: "
+        f"{'; '.join(cells)}. The schedule is the same for both twins; the criterion was fixed in advance, and the "
+        "column of the last 3 epochs shows where a run was still moving when the criterion stopped it.",
         "",
     ]
 

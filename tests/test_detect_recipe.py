@@ -130,3 +130,21 @@ def test_screen_starts_lanes_over_the_units_left(drc, tiny, monkeypatch):
     monkeypatch.setattr(drc, "lane", lambda args: lanes.append(args))
     drc.main(started[0][2:])
     assert lanes[0].units == ",".join(units) and lanes[0].workers == 0
+
+
+def test_amendment_2_stage_names_its_mosaic_epoch(drc):
+    """Detection amendment 2: a second plateau stage whose mosaic closes at epoch N, under its own name, while the
+    first stage's units keep theirs (and their recipe)."""
+    assert drc.units("plateau", 20, ["raccoon"])[0] == ("plateau-mosaic20-raccoon", "yolov4-s", 0)
+    assert drc.plateau_name("raccoon", drc.COSINE) == "plateau-raccoon"
+    first, second = drc.recipe("plateau-raccoon", ""), drc.recipe("plateau-mosaic20-raccoon", "")
+    assert first[0]["close_mosaic"] == drc.CAP - drc.COSINE and second[0]["close_mosaic"] == drc.CAP - 20
+    assert first[1] == second[1] and second[3] == "raccoon"
+    assert drc.command("plateau-mosaic20-raccoon", "").endswith("--mosaic-epochs 20 --datasets raccoon")
+    for bad in (
+        ["screen", "--mosaic-epochs", "20"],
+        ["plateau", "--datasets", "voc"],
+        ["plateau", "--mosaic-epochs", "70"],
+    ):
+        with pytest.raises(SystemExit):
+            drc.main(bad)
