@@ -32,7 +32,8 @@ def _machine(m: dict | None) -> str:
     if not m:
         return "machine not recorded"
     isa = " ".join(m.get("isa", []))
-    return f"{m.get('cpu')}, {m.get('threads')} threads, ISA {isa}, torch {m.get('torch')}"
+    n = m.get("threads")
+    return f"{m.get('cpu')}, {n} thread{'' if n == 1 else 's'}, ISA {isa}, torch {m.get('torch')}"
 
 
 def compute_rows(speed: dict | None) -> list[dict]:
@@ -290,7 +291,7 @@ def claim_detection(rec: dict | None, one: dict | None, old: dict | None) -> lis
     some = next((v for v in plateau.values()), None)
     out = [
         f"**Detection, {pair[0]} (CSPDarknet53) vs {pair[1]} (plain Darknet53)** (width 1/8, image 160, from scratch, "
-        'one recipe for both twins; protocol: [protocol.md](protocol.md) "Detection" and detection amendment 1; '
+        'one recipe for both twins; protocol: [protocol.md](protocol.md) "Detection" and detection amendments 1 and 2; '
         '`python benchmarks/detect_recipe.py plateau --recipe "" --jobs 2 --commit`, then `python '
         "benchmarks/detect_recipe.py report` and this page's command). Val mAP@0.5 in points of the EMA weights "
         "where each run stopped, mean ± std (seeds); gap = CSP − plain ± SE, and the smallest gap the seeds can "
