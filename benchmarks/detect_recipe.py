@@ -339,7 +339,9 @@ def plot(path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = sorted({r["setting"] for r in runs}, key=lambda n: (list(DATASETS).index(parse_plateau(n)[0]), n))
+    names = sorted(
+        {r["setting"] for r in runs}, key=lambda n: (list(DATASETS).index(parse_plateau(n)[0]), -parse_plateau(n)[1])
+    )
     fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         data, mosaic_until = parse_plateau(name)
