@@ -301,6 +301,7 @@ def summary() -> dict:
     for name in sorted({r["setting"] for r in runs}, key=order):
         mine = [r for r in runs if r["setting"] == name]
         s = {m: stats([r["final_map50"] for r in mine if r["model"] == m and not r["diverged"]]) for m in PAIR}
+        s["map"] = {m: stats([r["final_map"] for r in mine if r["model"] == m and not r["diverged"]]) for m in PAIR}
         s["diverged"] = [f"{r['model']} seed {r['seed']}" for r in mine if r["diverged"]]
         s["gap"] = diff(s[PAIR[0]], s[PAIR[1]])
         s["plateau"] = {

@@ -258,6 +258,7 @@ def plateau_row(data: str, st: dict, pair: list[str]) -> str:
     met = sum(1 for r in st["plateau"].values() if r["holds"])
     runs = len(st["plateau"])
     cap = "" if met == runs else f" (the other {runs - met} ran to the 100-epoch cap)"
+    coco = " / ".join(map_cell(st["map"][m]) for m in pair) if "map" in st else "–"  # mAP@0.5:0.95, CSP / plain
     g = st["gap"]
     gap = "–" if g is None else f"{100 * g['delta']:+.1f} ± {100 * g['se']:.1f} (detects {280 * g['se']:.1f})"
     tail = ", ".join(
@@ -266,7 +267,7 @@ def plateau_row(data: str, st: dict, pair: list[str]) -> str:
         if r.get("rise_last3") is not None
     )
     return (
-        f"| {data} | {map_cell(csp)} ({csp['n']}) | {map_cell(plain)} ({plain['n']}) | {gap} | {met} of {runs}{cap} | "
+        f"| {data} | {map_cell(csp)} ({csp['n']}) | {map_cell(plain)} ({plain['n']}) | {gap} | {coco} | {met} of {runs}{cap} | "
         f"{', '.join(map(str, st['epochs']))} | {tail or '–'} | {plateau_verdict(st, pair)} |"
     )
 
@@ -309,9 +310,9 @@ def claim_detection(rec: dict | None, one: dict | None, old: dict | None) -> lis
         out += [
             "![val mAP@0.5 per epoch](evidence/detect_recipe.png)",
             "",
-            f"| data | {pair[0]} | {pair[1]} | gap | plateau criterion met | stopped at epochs | change over the "
-            "last 3 epochs | verdict |",
-            "|---|---:|---:|---:|---|---|---|---|",
+            f"| data | {pair[0]} | {pair[1]} | gap | mAP@0.5:0.95, CSP / plain | plateau criterion met | stopped at "
+            "epochs | change over the last 3 epochs | verdict |",
+            "|---|---:|---:|---:|---:|---|---|---|---|",
             *(plateau_row(d, st, pair) for d, st in plateau.items()),
             "",
             *after_mosaic(plateau, pair),
