@@ -277,6 +277,18 @@ def diff(a: dict | None, b: dict | None, k: str = "mean") -> dict | None:
     return {"delta": a[k] - b[k], "se": (a["se"] ** 2 + b["se"] ** 2) ** 0.5}
 
 
+def cost() -> dict:
+    """MACs and params of each twin as the study trains them (raccoon: one class), cspnet.bench.measure's counts."""
+    from cspnet.bench.measure import count_macs, count_params
+    from cspnet.models import create_model
+
+    img, width = BASE_DETECT["img"], BASE_DETECT["width"]
+    nets = {m: create_model(m, num_classes=1, width=width) for m in PAIR}
+    return {"img": img, "width": width, "classes": 1} | {
+        m: {"macs": count_macs(net, img), "params": count_params(net)} for m, net in nets.items()
+    }
+
+
 def tail(c: list[float]) -> dict:
     """Where a plateau run was when it stopped, in mAP points: its move over the last 3 epochs, and its mAP at the
     epoch where the lr is held and mosaic closes (COSINE), against its final."""
@@ -290,6 +302,7 @@ def summary() -> dict:
     runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
     out: dict = {"pair": PAIR, "settings": {}, "wall_s_total": sum(r["wall_s_last_sitting"] for r in runs)}
     out["planned"] = {stage: len(units(stage)) for stage in ("screen", "plateau")}
+    out["cost"] = cost()
     datasets = list(DATASETS)
 
     def order(n: str) -> tuple:  # the screen's settings, then the plateau stages by dataset and mosaic length

@@ -317,6 +317,16 @@ def claim_detection(rec: dict | None, one: dict | None, old: dict | None) -> lis
             "",
             *after_mosaic(plateau, pair),
         ]
+    c = rec.get("cost")
+    if c:
+        a, b = (c[m] for m in pair)
+        out += [
+            f"Cost of the pair as trained here (width {c['width']:g}, {c['img']}x{c['img']}, {c['classes']} class): "
+            f"{pair[0]} {a['macs'] / 1e6:.1f}M MACs and {a['params'] / 1e6:.2f}M params, {pair[1]} "
+            f"{b['macs'] / 1e6:.1f}M and {b['params'] / 1e6:.2f}M ({a['macs'] / b['macs']:.2f}x the MACs, "
+            f"{a['params'] / b['params']:.2f}x the params; `cspnet.bench.measure`).",
+            "",
+        ]
     out += screen_lines(rec, old)
     notes = [init_sentence(), one_class_sentence(one)]
     return out + [" ".join(n for n in notes if n), ""]
