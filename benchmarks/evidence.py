@@ -385,10 +385,19 @@ def screen_lines(rec: dict, old: dict | None) -> list[str]:
         moves = [k for k in full if screen[k].get("reading", {}).get("gap_changes")]
         hurts = [k for k in full if screen[k].get("reading", {}).get("hurts_plain")]
         cells = "; ".join(f"`{k}` {_pts(screen[k].get('gap_change'))}" for k in full)
+        side = lambda k: "for CSP" if screen[k]["gap_change"]["delta"] > 0 else "against CSP"  # noqa: E731
+        helps = [k for k in moves if side(k) == "for CSP" and k not in hurts]  # the protocol's rule for a default
         line += (
             f" Change of the gap against base (Δgap ± SE, 3 seeds): {cells}. Settings that change the gap beyond "
-            f"2·SE: {', '.join(f'`{k}`' for k in moves) or 'none'}; that hurt the plain twin beyond 2·SE: "
-            f"{', '.join(f'`{k}`' for k in hurts) or 'none'}."
+            f"2·SE: {', '.join(f'`{k}` ({side(k)})' for k in moves) or 'none'} (with {len(full)} settings read at "
+            f"2·SE, about {0.046 * len(full):.1f} such readings are expected by chance); that hurt the plain twin "
+            f"beyond 2·SE: {', '.join(f'`{k}`' for k in hurts) or 'none'}. Candidates for a library default under the protocol's rule: "
+            + (
+                ", ".join(f"`{k}`" for k in helps)
+                if helps
+                else "none (no setting moves the gap toward CSP beyond 2·SE)"
+            )
+            + "."
         )
     else:
         line += " **The settings' effects: not shown yet** (3 seeds a setting needed)."

@@ -68,7 +68,9 @@ def test_detection_tail_reads_the_curve():
     rec = load("detect_recipe")
     c = [0.01 * k for k in range(1, 61)]  # one point a epoch, 60 epochs
     t = rec.tail(c)
-    assert round(t["rise_last3"], 6) == 3.0 and round(t["at_cosine_end"], 6) == rec.COSINE and round(t["final"], 6) == 60
+    assert (
+        round(t["rise_last3"], 6) == 3.0 and round(t["at_cosine_end"], 6) == rec.COSINE and round(t["final"], 6) == 60
+    )
 
 
 def test_resume_script_names_parts_its_scripts_take():
