@@ -122,6 +122,15 @@ def parse_plateau(name: str) -> tuple[str, int]:
     return rest, COSINE
 
 
+def stage_order(name: str) -> tuple:
+    """Table and figure order: the screen's settings, then the plateau stages by dataset, the first stage first."""
+    if name in SETTINGS:
+        return (0, list(SETTINGS).index(name))
+    data, mosaic_until = parse_plateau(name)
+    datasets = list(DATASETS)
+    return (1, datasets.index(data) if data in datasets else len(datasets), -mosaic_until, name)
+
+
 def units(
     stage: str, mosaic_epochs: int | None = None, datasets: list[str] | None = None
 ) -> list[tuple[str, str, int]]:
@@ -303,15 +312,7 @@ def summary() -> dict:
     out: dict = {"pair": PAIR, "settings": {}, "wall_s_total": sum(r["wall_s_last_sitting"] for r in runs)}
     out["planned"] = {stage: len(units(stage)) for stage in ("screen", "plateau")}
     out["cost"] = cost()
-    datasets = list(DATASETS)
-
-    def order(n: str) -> tuple:  # the screen's settings, then the plateau stages by dataset and mosaic length
-        if n in SETTINGS:
-            return (0, list(SETTINGS).index(n))
-        data, mosaic_until = parse_plateau(n)
-        return (1, datasets.index(data) if data in datasets else len(datasets), -mosaic_until, n)
-
-    for name in sorted({r["setting"] for r in runs}, key=order):
+    for name in sorted({r["setting"] for r in runs}, key=stage_order):
         mine = [r for r in runs if r["setting"] == name]
         s = {m: stats([r["final_map50"] for r in mine if r["model"] == m and not r["diverged"]]) for m in PAIR}
         s["map"] = {m: stats([r["final_map"] for r in mine if r["model"] == m and not r["diverged"]]) for m in PAIR}
@@ -323,6 +324,8 @@ def summary() -> dict:
         s["epochs"] = sorted({r["epochs"] for r in mine})
         s["machine"] = mine[-1].get("machine")
         s["load_notes"] = sorted({r["load_note"] for r in mine if r.get("load_note")})
+        if name.startswith("plateau-"):
+            s["data"], s["mosaic_until"] = parse_plateau(name)
         out["settings"][name] = s
     base = out["settings"].get("base")
     for name, s in out["settings"].items():
@@ -343,19 +346,17 @@ def pm(d: dict | None, k: str = "mean", e: str = "std") -> str:
     return x if d.get(e) is None else f"{x} ± {100 * d[e]:.1f}"
 
 
-def plot(path: Path) -> bool:
-    """Val mAP@0.5 per epoch of every plateau-stage run, one panel per dataset, the twins in two colours."""
+def plot(path: Path) -> None:
+    """Val mAP@0.5 per epoch of every plateau-stage run, one panel per stage, the twins in two colours."""
     runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("plateau-*.json"))]
     if not runs:
-        return False
+        return
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = sorted(
-        {r["setting"] for r in runs}, key=lambda n: (list(DATASETS).index(parse_plateau(n)[0]), -parse_plateau(n)[1])
-    )
+    names = sorted({r["setting"] for r in runs}, key=stage_order)
     fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         data, mosaic_until = parse_plateau(name)
@@ -379,7 +380,6 @@ def plot(path: Path) -> bool:
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
-    return True
 
 
 def report(args) -> None:

@@ -260,7 +260,7 @@ def plateau_row(data: str, st: dict, pair: list[str]) -> str:
     cap = "" if met == runs else f" (the other {runs - met} ran to the 100-epoch cap)"
     coco = " / ".join(map_cell(st["map"][m]) for m in pair) if "map" in st else "–"  # mAP@0.5:0.95, CSP / plain
     g = st["gap"]
-    gap = "–" if g is None else f"{100 * g['delta']:+.1f} ± {100 * g['se']:.1f} (detects {280 * g['se']:.1f})"
+    gap = "–" if g is None else f"{_pts(g)} (detects {280 * g['se']:.1f})"
     tail = ", ".join(
         f"{'CSP' if k.startswith(pair[0] + ' ') else 'plain'} {k.rsplit(' ', 1)[1]}: {r['rise_last3']:+.1f}"
         for k, r in sorted(st["plateau"].items())
@@ -272,15 +272,6 @@ def plateau_row(data: str, st: dict, pair: list[str]) -> str:
     )
 
 
-def stage_label(name: str) -> str:
-    """A plateau stage's setting name as the page says it: its dataset and where mosaic closes."""
-    rest = name.removeprefix("plateau-")
-    if rest.startswith("mosaic"):
-        tag, data = rest.split("-", 1)
-        return f"{data}, mosaic until epoch {tag.removeprefix('mosaic')} (amendment 2)"
-    return f"{rest}, mosaic until epoch 50"
-
-
 def claim_detection(rec: dict | None, one: dict | None, old: dict | None) -> list[str]:
     """The detection pair (benchmarks/detect_recipe.py): the plateau stage per dataset, the 20-epoch recipe screen,
     and what was measured about the gap (initialisation, the one-class logit)."""
@@ -288,8 +279,9 @@ def claim_detection(rec: dict | None, one: dict | None, old: dict | None) -> lis
         return []
     pair = rec["pair"]
     sets = rec["settings"]
-    plateau = {stage_label(k): v for k, v in sets.items() if k.startswith("plateau-")}
+    plateau = {f"{v['data']}, mosaic until epoch {v['mosaic_until']}": v for v in sets.values() if "data" in v}
     some = next((v for v in plateau.values()), None)
+    notes = sorted({n for v in plateau.values() for n in v["load_notes"]})
     out = [
         f"**Detection, {pair[0]} (CSPDarknet53) vs {pair[1]} (plain Darknet53)** (width 1/8, image 160, from scratch, "
         'one recipe for both twins; protocol: [protocol.md](protocol.md) "Detection" and detection amendments 1 and 2; '
@@ -300,8 +292,8 @@ def claim_detection(rec: dict | None, one: dict | None, old: dict | None) -> lis
         "50 (detection amendment 2: at epoch 20, `--mosaic-epochs 20 --datasets raccoon`); a run stops once the mean "
         "of its last 5 epochs moves by less than 1 point against the 5 before (from epoch 60), at most 100 epochs."
         + (
-            f" Runs: {_machine(some['machine'])}; {' or '.join(some['load_notes'])}."
-            if some and some.get("machine") and some.get("load_notes")
+            f" Runs: {_machine(some['machine'])}; {' or '.join(notes)}."
+            if some and some.get("machine") and notes
             else ""
         ),
         "",
@@ -361,11 +353,7 @@ def screen_lines(rec: dict, old: dict | None) -> list[str]:
     planned = rec.get("planned", {}).get("screen")
     b = screen["base"]
     csp, plain = (b[m] for m in pair)
-    gap = (
-        "– (its SE needs 2 seeds a twin)"
-        if b["gap"] is None
-        else f"{100 * b['gap']['delta']:+.1f} ± {100 * b['gap']['se']:.1f}"
-    )
+    gap = "– (its SE needs 2 seeds a twin)" if b["gap"] is None else _pts(b["gap"])
     line = (
         "Recipe screen (raccoon, 20 epochs, one factor changed from the base recipe for both twins: warm-up, zero-γ, "
         "BN momentum, weight decay on BN, lr; [evidence/detect_recipe.md](evidence/detect_recipe.md), `python "
