@@ -311,6 +311,7 @@ def summary() -> dict:
     runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
     out: dict = {"pair": PAIR, "settings": {}, "wall_s_total": sum(r["wall_s_last_sitting"] for r in runs)}
     out["planned"] = {stage: len(units(stage)) for stage in ("screen", "plateau")}
+    out["schedule"] = {"cosine_until": COSINE, "cap": CAP, "window": WINDOW, "points": PLATEAU_POINTS}
     out["cost"] = cost()
     for name in sorted({r["setting"] for r in runs}, key=stage_order):
         mine = [r for r in runs if r["setting"] == name]

@@ -282,15 +282,18 @@ def claim_detection(rec: dict | None, one: dict | None, old: dict | None) -> lis
     plateau = {f"{v['data']}, mosaic until epoch {v['mosaic_until']}": v for v in sets.values() if "data" in v}
     some = next((v for v in plateau.values()), None)
     notes = sorted({n for v in plateau.values() for n in v["load_notes"]})
+    k = rec["schedule"]
     out = [
         f"**Detection, {pair[0]} (CSPDarknet53) vs {pair[1]} (plain Darknet53)** (width 1/8, image 160, from scratch, "
         'one recipe for both twins; protocol: [protocol.md](protocol.md) "Detection" and detection amendments 1 and 2; '
         '`python benchmarks/detect_recipe.py plateau --recipe "" --jobs 2 --commit`, then `python '
         "benchmarks/detect_recipe.py report` and this page's command). Val mAP@0.5 in points of the EMA weights "
         "where each run stopped, mean ± std (seeds); gap = CSP − plain ± SE, and the smallest gap the seeds can "
-        "detect (2.8·SE). Schedule: cosine to 1% of the peak lr by epoch 50, then held there; mosaic closes at epoch "
-        "50 (detection amendment 2: at epoch 20, `--mosaic-epochs 20 --datasets raccoon`); a run stops once the mean "
-        "of its last 5 epochs moves by less than 1 point against the 5 before (from epoch 60), at most 100 epochs."
+        f"detect (2.8·SE). Schedule: cosine to 1% of the peak lr by epoch {k['cosine_until']}, then held there; "
+        f"mosaic closes at epoch {k['cosine_until']} (detection amendment 2: at epoch 20, `--mosaic-epochs 20 "
+        f"--datasets raccoon`); a run stops once the mean of its last {k['window']} epochs moves by less than "
+        f"{k['points']:g} point against the {k['window']} before (from epoch {k['cosine_until'] + 2 * k['window']}), "
+        f"at most {k['cap']} epochs."
         + (
             f" Runs: {_machine(some['machine'])}; {' or '.join(notes)}."
             if some and some.get("machine") and notes
@@ -307,7 +310,7 @@ def claim_detection(rec: dict | None, one: dict | None, old: dict | None) -> lis
             "|---|---:|---:|---:|---:|---|---|---|---|",
             *(plateau_row(d, st, pair) for d, st in plateau.items()),
             "",
-            *after_mosaic(plateau, pair),
+            *after_mosaic(plateau, pair, k["cosine_until"]),
         ]
     c = rec.get("cost")
     if c:
@@ -324,8 +327,8 @@ def claim_detection(rec: dict | None, one: dict | None, old: dict | None) -> lis
     return out + [" ".join(n for n in notes if n), ""]
 
 
-def after_mosaic(plateau: dict, pair: list[str]) -> list[str]:
-    """How much of each plateau run's final mAP came after epoch 50, where the lr is held at 1% and mosaic closes
+def after_mosaic(plateau: dict, pair: list[str], held_from: int) -> list[str]:
+    """How much of each plateau run's final mAP came after epoch `held_from`, where the lr is held at 1%
     (datasets above the floor only: a share of a near-zero mAP says nothing)."""
     cells = []
     for data, st in plateau.items():
@@ -336,7 +339,7 @@ def after_mosaic(plateau: dict, pair: list[str]) -> list[str]:
     if not cells:
         return []
     return [
-        "The lr is at 1% of its peak from epoch 50 on. What came after epoch 50: "
+        f"The lr is at 1% of its peak from epoch {held_from} on. What came after epoch {held_from}: "
         f"{'; '.join(cells)}. The schedule is the same for both twins; the criterion was fixed in advance, and the "
         "column of the last 3 epochs shows where a run was still moving when the criterion stopped it.",
         "",

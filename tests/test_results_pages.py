@@ -45,6 +45,21 @@ def test_grid_summary_is_the_committed_runs():
     assert committed == now, "run: python benchmarks/evidence_ablate.py report && python benchmarks/evidence.py"
 
 
+def test_detection_summary_is_the_committed_runs_and_schedule():
+    """detect_recipe.json holds what the committed units give now, and the schedule the page's header prints is the
+    one detect_recipe.py runs."""
+    import json
+
+    drc = load("detect_recipe")
+    committed = json.loads((drc.RESULTS.parent / "detect_recipe.json").read_text())
+    assert committed["schedule"] == {"cosine_until": drc.COSINE, "cap": drc.CAP, "window": drc.WINDOW,
+                                     "points": drc.PLATEAU_POINTS}  # fmt: skip
+    now = json.loads(json.dumps(drc.summary()))
+    assert committed["settings"] == now["settings"], "run: python benchmarks/detect_recipe.py report"
+    page = load("evidence").render()
+    assert f"at most {drc.CAP} epochs" in page and f"by epoch {drc.COSINE}," in page
+
+
 def test_detection_plateau_verdict_follows_the_gap_and_its_se():
     """The page calls the detection gap closed only with 3 seeds a twin and |Δ| < 2·SE, and never at the floor."""
     evidence = load("evidence")
