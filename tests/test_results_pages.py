@@ -129,3 +129,24 @@ def test_gpu_speed_table_rows_and_page(tmp_path):
     assert "H100" in page and "1.05 to 1.30" in page and "Verdict on this GPU: supported" in page
     g["rows"][0]["throughput_ratio"] = 0.9
     assert "partly supported" in "\n".join(evidence.gpu_speed(g))
+
+
+def test_readme_results_rows_quote_the_committed_json():
+    """The README's accuracy rows say what the evidence JSON says; its grid row says "running" until the grid is done."""
+    import json
+
+    ev = REPO / "docs" / "results" / "evidence"
+    readme = (REPO / "README.md").read_text()
+    cls = json.loads((ev / "classify.json").read_text())
+    for model in cls["pair"]:
+        m = cls["models"][model]
+        assert f"{m['mean']:.2f} ± {m['std']:.2f}" in readme, f"README: update {model}'s top-1"
+    grid = json.loads((ev / "ablate.json").read_text())
+    assert grid["complete"] or "grid at a plateau with 3 seeds (`benchmarks/evidence_ablate.py`) is running" in readme
+    assert f"{abs(cls['diff']['delta']):.2f} ± {cls['diff']['se']:.2f} points lower" in readme
+    rec = json.loads((ev / "detect_recipe.json").read_text())
+    det = rec["settings"]["plateau-mosaic20-raccoon"]
+    for model in rec["pair"]:
+        assert f"{100 * det[model]['mean']:.1f} ± {100 * det[model]['std']:.1f}" in readme, f"README: update {model}"
+    gap = f"{100 * det['gap']['delta']:+.1f} ± {100 * det['gap']['se']:.1f}".replace("-", "−").lstrip("+")
+    assert f"gap of {gap} points" in readme, "README: update the detection gap"
