@@ -200,10 +200,12 @@ def write(a: argparse.Namespace, s: dict, commands: list[str]) -> None:
         ]
     epochs = f" --epochs {a.epochs}" if a.epochs else ""
     if rec.get("small_input"):
+        ep = rec.get("epochs") or a.epochs  # the run's own length: the budget's default is another
         how = (
-            "Reproduce: `bash benchmarks/run_studies.sh gpu` on a GPU box (the trainings: `python benchmarks/"
-            "convergence.py --data DATA --device cuda --jobs 4 --parts train,report`), then `bash benchmarks/"
-            "run_studies.sh finish DIR` on the CPU to report (`python benchmarks/convergence.py --parts measure,report`)."
+            f"Reproduce: `CONV_EPOCHS={ep} bash benchmarks/run_studies.sh gpu` on a GPU box (the trainings: `python "
+            f"benchmarks/convergence.py --data DATA --device cuda --epochs {ep} --jobs 4 --parts train,report`), then "
+            "`bash benchmarks/run_studies.sh finish DIR` on the CPU to report (`python benchmarks/convergence.py "
+            "--parts measure,report`)."
         )
     else:
         how = (

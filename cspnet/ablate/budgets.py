@@ -1,7 +1,7 @@
 """Training and measuring budgets: one recipe for every variant of a study.
 
-smoke: seconds, for tests. cpu: CIFAR-10 on a 2-core CPU in about 2 hours for the default grid (6 variants, 1 seed);
-the estimate is measured, see docs/results/ablation.md. converge: a pair on all of CIFAR-10 for 12 epochs
+smoke: seconds, for tests. cpu: CIFAR-10 on a 2-core CPU, an estimated 0.9-1.8 hours for the default grid (6 variants,
+1 seed; measured in docs/results/ablation.md). converge: a pair on all of CIFAR-10 for 12 epochs
 (benchmarks/convergence.py; a GPU); converge_cpu: 16 epochs on a 2-core CPU with the usual stem (neither reached a
 plateau); plateau_cpu: the evidence study (docs/results/protocol.md). full: the paper's ImageNet setting (darknet cfgs: batch 128,
 lr 0.1, momentum 0.9, decay 5e-4, 1000 warm-up steps; 1.6M steps for dense nets = 160 epochs, 800k for the others =
