@@ -88,3 +88,23 @@ def test_pretrained_timm_offline_is_one_clear_error(monkeypatch):
         monkeypatch.setenv(var, "http://127.0.0.1:9")
     with pytest.raises(cspnet.CspnetError, match="pretrained=PATH"):
         cspnet.create_model("cspresnet50", pretrained="timm")
+
+
+@pytest.mark.slow
+def test_onnx_export_is_timms_graph(tmp_path):
+    """Our cspresnet50 and timm's export to the same ONNX program, op for op with the same attributes and weight
+    shapes, so a runtime row of one against the other (docs/results/deployment.md) times one program twice."""
+    onnx = pytest.importorskip("onnx")
+    from cspnet.deploy.export import export
+
+    def program(model: torch.nn.Module, name: str) -> tuple[list, list]:
+        path = tmp_path / f"{name}.onnx"
+        export(model.eval(), path, "onnx", 64)
+        g = onnx.load(str(path)).graph
+        ops = [(n.op_type, [(a.name, onnx.helper.get_attribute_value(a)) for a in n.attribute if a.name != "value"])
+               for n in g.node]  # fmt: skip
+        return ops, sorted(tuple(t.dims) for t in g.initializer)
+
+    ours = program(cspnet.create_model("cspresnet50"), "ours")
+    ref = program(timm.create_model(cspnet.model_info("cspresnet50").timm_name), "timm")
+    assert len(ours[0]) > 100 and ours == ref
