@@ -13,6 +13,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 NOT_PLOTTED = {"epoch", "img_s", "skipped"}
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write (making the folder) and close a figure; returns its path."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_results(csv_path: str | Path) -> list[Path]:
     """loss.png, metrics.png (accuracy, mAP, ...) and lr.png beside results.csv, one line per column, vs epoch."""
     csv_path = Path(csv_path)
@@ -37,11 +47,7 @@ def plot_results(csv_path: str | Path) -> list[Path]:
         ax.set_title({"loss": "loss", "lr": "learning rate", "metrics": "metrics"}[name])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = csv_path.with_name(f"{name}.png")
-        fig.savefig(path)
-        plt.close(fig)
-        out.append(path)
+        out.append(save_figure(fig, csv_path.with_name(f"{name}.png")))
     return out
 
 
@@ -67,9 +73,4 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: str | P
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.colorbar(im, fraction=0.046)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

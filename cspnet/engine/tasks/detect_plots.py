@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from cspnet.data.detection import DetSource  # noqa: E402
+from cspnet.engine.plots import save_figure  # noqa: E402
 
 
 def plot_pr_curve(precision: np.ndarray | None, cat_ids: list[int], source: DetSource, path: str | Path) -> Path:
@@ -32,12 +33,7 @@ def plot_pr_curve(precision: np.ndarray | None, cat_ids: list[int], source: DetS
         ax.legend(fontsize=7, loc="lower left")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="precision-recall (IoU 0.5)")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_labels(source: DetSource, path: str | Path) -> Path:
@@ -61,12 +57,7 @@ def plot_labels(source: DetSource, path: str | Path) -> Path:
     ax[1].invert_yaxis()
     ax[2].hist2d(rel[:, 2], rel[:, 3], bins=30, range=[[0, 1], [0, 1]], cmap="Blues")
     ax[2].set(title="box sizes", xlabel="width", ylabel="height")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_batch(
