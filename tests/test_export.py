@@ -107,3 +107,21 @@ def test_export_builds_the_model_from_the_checkpoint(tmp_path, capsys):
     assert float((got - ref).abs().max()) <= 1e-4 * max(1.0, float(ref.abs().max()))
     assert main(argv[:1] + ["--model", "resnet10"] + argv[3:] + ["--force"]) == 2
     assert "was trained as cspresnet10, not resnet10" in capsys.readouterr().err
+
+
+def test_detector_is_checked_on_inputs_in_its_domain(tmp_path):
+    """A detector takes images in [0, 1]: export traces and checks it on such noise, not on N(0, 1), which overflows a
+    trained head's exp() box decoding (a plateau-trained yolov4-darknet53-s gave inf and could not be exported)."""
+    import cspnet
+
+    model = cspnet.create_model("yolov4-tiny", width=0.25, num_classes=2).eval()
+    seen = []
+
+    def record(_, args):
+        x = args[0]
+        if isinstance(x, torch.Tensor) and type(x) is torch.Tensor and not torch.jit.is_tracing():
+            seen.append((float(x.min()), float(x.max())))
+
+    model.register_forward_pre_hook(record)
+    export(model, tmp_path / "det.onnx", "onnx", 64)
+    assert seen and all(lo >= 0 and hi <= 1 for lo, hi in seen), seen

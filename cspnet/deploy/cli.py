@@ -169,12 +169,13 @@ def _time(model, nms, path: Path, img: int, in_chans: int, runs: int) -> dict[st
     import torch
 
     from cspnet.bench.measure import summarize, time_interleaved
+    from cspnet.deploy.export import example_input, task_of
     from cspnet.deploy.nms import DetectWithNMS
     from cspnet.deploy.runtime import load_exported
 
     graph = DetectWithNMS(model, **nms).eval() if nms else model
     exported = load_exported(path)
-    x = torch.randn(1, in_chans, img, img)
+    x = example_input(task_of(model), 1, in_chans, img)
     with torch.inference_mode():
         fns = {"pytorch": lambda: graph(x), f"{exported.format} {exported.precision}": lambda: exported(x)}
         times = time_interleaved(fns, runs=runs, warmup=2)

@@ -232,9 +232,9 @@ def export(
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     files = [tmp, tmp.with_suffix(".bin")]
     try:
-        files = _write(graph, tmp, fmt, torch.randn(batch, in_chans, img_size, img_size), info, calib)
+        files = _write(graph, tmp, fmt, example_input(task, batch, in_chans, img_size), info, calib)
         exported = load_exported(tmp, torch.get_num_threads())
-        x = torch.randn(check_batch, in_chans, img_size, img_size)  # a batch size the export never saw
+        x = example_input(task, check_batch, in_chans, img_size)  # a batch size the export never saw
         if calib is not None:  # int8 ranges cover the user's images, not noise
             x = calib[:check_batch]
         report = check_exported(exported, graph, x, info, atol, fmt, path)
@@ -257,6 +257,13 @@ def export(
         size_mb=sum(path.with_suffix(f.suffix).stat().st_size for f in files) / 1e6,
     )
     return report
+
+
+def example_input(task: str, n: int, chans: int, img: int) -> torch.Tensor:
+    """Noise in the model's input domain: a detector takes images scaled to [0, 1] (out-of-range noise can overflow a
+    trained head's box decoding to inf), a classifier normalised images."""
+    shape = (n, chans, img, img)
+    return torch.rand(shape) if task == "detect" else torch.randn(shape)
 
 
 def _as_tuple(y) -> tuple:
