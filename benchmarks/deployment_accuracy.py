@@ -2,7 +2,7 @@
 on a held-out set: the `--accuracy` JSON of benchmarks/deployment.py.
 
     python benchmarks/deployment_accuracy.py --classifier CKPT --cls-data DATA --detector CKPT --det-data DATA \\
-        --out docs/results/deployment_accuracy.json
+        --out docs/results/deployment_accuracy.json   # --classifier / --detector repeat for several checkpoints
 
 Each row: model, path (runtime:precision), metric (top1 or map50), value, fp32 (the checkpoint's own val), the
 export and val commands. int8 is calibrated on the training split (--calib images), never on the val split.
@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from cspnet.bench.harness import machine_info  # noqa: E402
 from cspnet.cli import main as cspnet  # noqa: E402
+from cspnet.io import write_json  # noqa: E402
 
 PATHS = {  # runtime:precision -> export flags
     "onnxruntime:fp32": ["--format", "onnx"],
@@ -63,7 +64,7 @@ def measure(task: str, ckpt: str, data: str, calib: str, split: str, args, tmp: 
         if precision == "bf16" and "avx512_bf16" not in isa and "amx_bf16" not in isa:
             rows.append({"task": task, "path": path, "skipped": "no AVX-512 BF16 / AMX on this CPU"})
             continue
-        out = tmp / f"{task}-{precision}{SUFFIX[runtime]}"
+        out = tmp / f"{Path(ckpt).stem}-{precision}{SUFFIX[runtime]}"
         exp = ["export", "--weights", ckpt, *flags, "--out", str(out), "--runs", "0", "--force"]
         if precision == "int8":
             exp += ["--data", calib, "--calib", str(args.calib)]
@@ -102,27 +103,28 @@ def train_images(data: str, tmp: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--classifier", help="a classify checkpoint (best.pt / last.pt)")
+    p.add_argument(
+        "--classifier", action="append", default=[], help="a classify checkpoint (best.pt / last.pt); repeat"
+    )
     p.add_argument("--cls-data", help="its dataset (folder or zip); val on --cls-split, int8 calibrated on train")
     p.add_argument("--cls-split", default="val")
-    p.add_argument("--detector", help="a detect checkpoint")
+    p.add_argument("--detector", action="append", default=[], help="a detect checkpoint; repeat for several")
     p.add_argument("--det-data", help="its dataset (data.yaml, VOC folder, COCO json)")
     p.add_argument("--det-split", default="val")
     p.add_argument("--calib", type=int, default=256, help="calibration images (from the training split)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--out", default=str(REPO / "docs" / "results" / "deployment_accuracy.json"))
+    p.add_argument("--note", action="append", default=[], help="what the models are (a line on the page; repeat)")
     a = p.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        if a.classifier:
-            calib = a.cls_data  # the exporter samples calibration images from the folder/zip's train split
-            rows += measure("classify", a.classifier, a.cls_data, calib, a.cls_split, a, Path(tmp))
-        if a.detector:
-            rows += measure(
-                "detect", a.detector, a.det_data, train_images(a.det_data, Path(tmp)), a.det_split, a, Path(tmp)
-            )
-    out = {"rows": rows, "machine": machine_info(2), "command": " ".join(["python", *sys.argv])}
-    Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
+        for ckpt in a.classifier:  # the exporter samples calibration images from the folder/zip's train split
+            rows += measure("classify", ckpt, a.cls_data, a.cls_data, a.cls_split, a, Path(tmp))
+        calib = train_images(a.det_data, Path(tmp)) if a.detector else None
+        for ckpt in a.detector:
+            rows += measure("detect", ckpt, a.det_data, calib, a.det_split, a, Path(tmp))
+    out = {"rows": rows, "machine": machine_info(2), "command": " ".join(["python", *sys.argv]), "notes": a.note}
+    write_json(a.out, out)
     print(f"wrote {a.out}")
     return 0
 

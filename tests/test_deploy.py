@@ -325,3 +325,24 @@ def test_check_compares_boxes_and_scores_each_in_its_unit():
     assert err["scores"] == pytest.approx(0.01, rel=1e-3) and err["boxes"] == pytest.approx(1e-6, rel=0.1)
     logits = torch.tensor([[100.0, 0.0, -3.0]])
     assert compare((logits + 1e-3,), (logits,), ["logits"], 32)["logits"] == pytest.approx(1e-5, rel=1e-2)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_int8_detector_keeps_its_stem_conv_float(fmt, tmp_path):
+    """int8 leaves a detector's stem (first) conv in float, as float_nodes says, and quantizes the convs after it."""
+    needs(fmt, "int8")
+    path = tmp_path / f"d{SUFFIX[fmt]}"
+    export(tiny_detector(), path, fmt, DET_IMG, "int8", calib=torch.rand(8, 3, DET_IMG, DET_IMG))
+    if fmt == "onnx":
+        import onnx
+
+        g = onnx.load(str(path)).graph
+        producer = {o: n.op_type for n in g.node for o in n.output}
+        convs = [n for n in g.node if n.op_type == "Conv"]
+        quantized = [producer.get(c.input[0]) == "DequantizeLinear" for c in convs]
+    else:
+        import openvino as ov
+
+        convs = [op for op in ov.Core().read_model(str(path)).get_ordered_ops() if op.get_type_name() == "Convolution"]
+        quantized = [c.input_value(0).get_node().get_type_name() == "FakeQuantize" for c in convs]
+    assert not quantized[0] and sum(quantized[1:]) >= len(convs) // 2, quantized

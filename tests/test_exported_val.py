@@ -94,3 +94,58 @@ def test_exported_files_are_refused_where_they_cannot_go(trained, tmp_path):
     assert m.task == "classify" and m.names == ["circle", "square", "triangle"]
     with pytest.raises(ConfigError, match="exported file: it can val and predict, not train"):
         m.train(data=str(data / "classify"))
+
+
+@pytest.mark.slow
+def test_deployment_accuracy_scores_every_path_of_each_checkpoint(trained, tmp_path):
+    """benchmarks/deployment_accuracy.py (the source of deployment.md's accuracy table): each checkpoint's files in
+    every path scored by `val` against the checkpoint itself; fp32 files score exactly the checkpoint; the page
+    summarises the paths measured on several checkpoints."""
+    import importlib.util
+    from pathlib import Path
+
+    bench = Path(__file__).parents[1] / "benchmarks"
+    mods = {}
+    for name in ("deployment_accuracy", "deployment"):
+        spec = importlib.util.spec_from_file_location(name, bench / f"{name}.py")
+        mods[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mods[name])
+    data, files = trained
+    last = files["cls"]["pt"].with_name("last.pt")
+    out = tmp_path / "acc.json"
+    argv = ["--classifier", str(files["cls"]["pt"]), "--classifier", str(last), "--cls-data", str(data / "classify"),
+            "--calib", "8", "--workers", "0", "--out", str(out), "--note", "two checkpoints of one run"]  # fmt: skip
+    assert mods["deployment_accuracy"].main(argv) == 0
+    acc = json.loads(out.read_text())
+    rows = [r for r in acc["rows"] if "value" in r]
+    assert {(r["model"], r["path"]) for r in acc["rows"] if "model" in r} >= {
+        (m, p) for m in ("best.pt", "last.pt") for p in ("onnxruntime:fp32", "onnxruntime:int8", "openvino:fp32")
+    }
+    assert all(r["value"] == r["fp32"] for r in rows if r["path"].endswith("fp32"))
+    assert acc["notes"] == ["two checkpoints of one run"]
+    page = "\n".join(mods["deployment"].spread_lines(acc["rows"]))
+    assert "onnxruntime:fp32 top1 +0.00 (+0.00 to +0.00)" in page and "onnxruntime:int8 top1" in page
+
+
+@pytest.mark.slow
+def test_int8_detect_compares_the_stem_choices(trained, tmp_path):
+    """benchmarks/int8_detect.py (the measurement behind float_nodes' stem): each checkpoint's fp32 mAP and, per
+    runtime, the int8 file's difference with the stem quantized and kept float."""
+    import importlib.util
+    from pathlib import Path
+
+    pytest.importorskip("nncf")
+    spec = importlib.util.spec_from_file_location(
+        "int8_detect", Path(__file__).parents[1] / "benchmarks/int8_detect.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    data, files = trained
+    out = tmp_path / "int8.json"
+    argv = [str(files["det"]["pt"]), "--data", str(data / "detect" / "data.yaml"), "--calib", "8", "--out", str(out)]
+    assert bench.main(argv) == 0
+    res = json.loads(out.read_text())
+    (row,) = res["rows"]
+    keys = {f"{r}: {v}" for r in ("onnxruntime", "openvino") for v in bench.VARIANTS}
+    assert keys <= set(row) and set(res["summary"]) == keys
+    assert all(-1 <= row[k] <= 1 for k in keys) and 0 <= row["fp32"] <= 1

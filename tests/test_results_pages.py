@@ -150,3 +150,15 @@ def test_readme_results_rows_quote_the_committed_json():
         assert f"{100 * det[model]['mean']:.1f} ± {100 * det[model]['std']:.1f}" in readme, f"README: update {model}"
     gap = f"{100 * det['gap']['delta']:+.1f} ± {100 * det['gap']['se']:.1f}".replace("-", "−").lstrip("+")
     assert f"gap of {gap} points" in readme, "README: update the detection gap"
+
+
+def test_deployment_page_is_rendered_from_the_committed_json():
+    import json
+
+    dep = load("deployment")
+    results = {n: json.loads((dep.PAGE.with_suffix("") / f"{n}.json").read_text()) for n in dep.RUNS}
+    accuracy = json.loads((dep.PAGE.parent / "deployment_accuracy.json").read_text())
+    stem = json.loads(dep.STEM.read_text()) if dep.STEM.is_file() else None
+    assert dep.PAGE.read_text() == dep.page(results, accuracy, stem), (
+        "run: python benchmarks/deployment.py --accuracy docs/results/deployment_accuracy.json"
+    )

@@ -139,7 +139,7 @@ def _write(graph: nn.Module, tmp: Path, fmt: str, example: torch.Tensor, meta: d
             to_openvino(onnx32, tmp, meta, precision, calib, keep_tail)
             return [tmp, tmp.with_suffix(".bin")]
         if precision == "int8":
-            quantize_onnx_int8(onnx32, tmp, calib, keep_tail)
+            quantize_onnx_int8(onnx32, tmp, calib, detector=keep_tail)
         elif precision == "fp16":
             to_fp16(onnx32, tmp, keep_tail)
         else:

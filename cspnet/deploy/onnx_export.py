@@ -110,6 +110,16 @@ def tail_nodes(graph) -> list[str]:
     return [n.name for n, b in zip(nodes, below) if not b]
 
 
+def float_nodes(graph) -> list[str]:
+    """A detector's nodes that int8 leaves in float: its tail (tail_nodes) and its stem, the first convolution.
+
+    The stem is one conv of many, at 3 input channels; quantizing it cost most of int8's mAP@0.5 on detectors trained
+    to a plateau (benchmarks/int8_detect.py, docs/results/deployment.md).
+    """
+    stem = next((n.name for n in graph.node if n.op_type in CONVS), None)
+    return tail_nodes(graph) + ([stem] if stem else [])
+
+
 def calibration_reader(images: torch.Tensor, input_name: str = "images", batch: int = 8):
     """onnxruntime CalibrationDataReader over a tensor of preprocessed images (the MinMax calibrator keeps only each
     tensor's min and max per batch, so memory does not grow with the number of images)."""
@@ -132,12 +142,12 @@ def check_calibration(calib: torch.Tensor) -> None:
 
 
 def quantize_onnx_int8(
-    fp32_path: str | Path, int8_path: str | Path, calib: torch.Tensor, keep_tail: bool = False
+    fp32_path: str | Path, int8_path: str | Path, calib: torch.Tensor, detector: bool = False
 ) -> Path:
     """Static int8 post-training quantization with onnxruntime's quantizer: QDQ format, per-channel int8 weights,
     uint8 activations with min/max ranges from `calib` (the u8 x s8 pair VNNI multiplies natively).
 
-    keep_tail: leave the nodes after the last convolutions in float (detectors: decode and NMS).
+    detector: leave the nodes after the last convolutions (decode, NMS) and the stem conv in float (float_nodes).
     Without VNNI, weights use 7 bits (reduce_range) so u8 x s8 sums cannot saturate in AVX2's 16-bit adds.
     """
     import onnx
@@ -151,7 +161,7 @@ def quantize_onnx_int8(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-            exclude = tail_nodes(onnx.load(str(pre)).graph) if keep_tail else []
+            exclude = float_nodes(onnx.load(str(pre)).graph) if detector else []
             quantize_static(
                 str(pre),
                 str(int8_path),

@@ -47,9 +47,15 @@ def tail_ops(model) -> list[str]:
     return names
 
 
-def quantize_nncf(model, calib: torch.Tensor, keep_tail: bool = False):
+def stem_ops(model) -> list[str]:
+    """The friendly name of the first convolution (the stem), if any."""
+    return [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() in CONVS][:1]
+
+
+def quantize_nncf(model, calib: torch.Tensor, detector: bool = False):
     """Static int8 with NNCF: MIXED preset (symmetric weights, asymmetric activations: Mish and leaky ReLU outputs
-    are mostly positive), statistics from every image of `calib`."""
+    are mostly positive), statistics from every image of `calib`. detector: its tail and stem conv stay float, as in
+    cspnet.deploy.onnx_export.float_nodes."""
     import contextlib
     import logging
     import sys
@@ -64,7 +70,7 @@ def quantize_nncf(model, calib: torch.Tensor, keep_tail: bool = False):
         raise ConfigError("--int8 with --format openvino needs nncf: pip install 'cspnet[openvino]'") from None
     nncf.set_log_level(logging.ERROR)
     data = nncf.Dataset([x.numpy() for x in calib.split(1)])
-    ignored = nncf.IgnoredScope(names=tail_ops(model), validate=False) if keep_tail else None
+    ignored = nncf.IgnoredScope(names=tail_ops(model) + stem_ops(model), validate=False) if detector else None
     with contextlib.redirect_stdout(sys.stderr):  # its progress bars: stdout stays for the report (--json)
         return nncf.quantize(
             model, data, preset=nncf.QuantizationPreset.MIXED, subset_size=len(calib), ignored_scope=ignored
@@ -83,7 +89,7 @@ def to_openvino(
     ov = need_openvino()
     model = ov.convert_model(str(onnx_path))
     if precision == "int8":
-        model = quantize_nncf(model, calib, keep_tail)
+        model = quantize_nncf(model, calib, detector=keep_tail)
     model.set_rt_info(json.dumps(meta), META_KEY)
     ov.save_model(model, str(xml_path), compress_to_fp16=precision == "fp16")
     return Path(xml_path)
