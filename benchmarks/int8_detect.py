@@ -17,7 +17,6 @@ import json
 import statistics
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,37 +54,14 @@ def meta_of(onnx_path: Path) -> dict:
 
 
 def quantize_ort(fp32: Path, out: Path, calib, stem_float: bool) -> None:
-    if stem_float:
-        onnx_export.quantize_onnx_int8(fp32, out, calib, detector=True)
-    else:  # the same call with only the tail left float
-        import onnx
-        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-
-        pre = out.with_name(out.stem + ".pre.onnx")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-            quantize_static(str(pre), str(out), onnx_export.calibration_reader(calib), quant_format=QuantFormat.QDQ,
-                            per_channel=True, reduce_range=not onnx_export.has_vnni(),
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            nodes_to_exclude=onnx_export.tail_nodes(onnx.load(str(pre)).graph))  # fmt: skip
+    onnx_export.quantize_onnx_int8(fp32, out, calib, detector=True, float_stem=stem_float)
     onnx_export.set_metadata(out, meta_of(fp32) | {"precision": "int8"})
 
 
 def quantize_ov(fp32: Path, out: Path, calib, stem_float: bool) -> None:
     import openvino as ov
 
-    model = ov.convert_model(str(fp32))
-    if stem_float:
-        model = openvino_export.quantize_nncf(model, calib, detector=True)
-    else:
-        orig = openvino_export.stem_ops
-        openvino_export.stem_ops = lambda m: []  # the same call with only the tail left float
-        try:
-            model = openvino_export.quantize_nncf(model, calib, detector=True)
-        finally:
-            openvino_export.stem_ops = orig
+    model = openvino_export.quantize_nncf(ov.convert_model(str(fp32)), calib, detector=True, float_stem=stem_float)
     meta = meta_of(fp32) | {"format": "openvino", "precision": "int8"}
     model.set_rt_info(json.dumps(meta), openvino_export.META_KEY)
     ov.save_model(model, str(out))

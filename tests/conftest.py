@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import zipfile
@@ -12,6 +13,15 @@ import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def load_benchmark(name: str):
+    """A fresh copy of benchmarks/<name>.py as a module (benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 # pytest -n 2 runs two workers on two cores: one thread each, or OpenMP spin-waits make both 10x slower
 os.environ.setdefault("OMP_NUM_THREADS", "1")

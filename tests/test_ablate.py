@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 from cspnet.ablate import build_grid, get_budget
 from cspnet.bench.measure import count_macs
@@ -181,13 +182,7 @@ def test_a_users_registered_model_is_a_base():
 
 def test_convergence_study_writes_curves_and_a_plateau_verdict(data, tmp_path):
     """benchmarks/convergence.py on the CPU budget: per-epoch curves of both models, the cooldown in the write-up."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "convergence", Path(__file__).parents[1] / "benchmarks/convergence.py"
-    )
-    conv = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(conv)
+    conv = load_benchmark("convergence")
     out = tmp_path / "doc" / "convergence"
     argv = ["--budget", "converge_cpu", "--data", str(data), "--epochs", "4", "--seeds", "1", "--batch", "16"]
     argv += ["--workers", "0", "--parts", "train,report", "--project", str(tmp_path / "runs"), "--out", str(out)]
@@ -231,11 +226,7 @@ def test_a_finished_run_continues_at_its_final_lr(data, tmp_path):
 def test_evidence_lane_extends_runs_that_miss_the_plateau(data, tmp_path, monkeypatch):
     """benchmarks/evidence_classify.py: each run to the budget's length first, then +EXTEND epochs at a time while
     the plateau criterion misses, up to MAX_EPOCHS; the run JSON keeps the figure at the budget's length."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("evc", Path(__file__).parents[1] / "benchmarks/evidence_classify.py")
-    evc = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(evc)
+    evc = load_benchmark("evidence_classify")
     monkeypatch.setattr(evc, "BUDGET", "smoke")
     monkeypatch.setattr(evc, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(evc, "EXTEND", 1)
@@ -262,11 +253,7 @@ def test_evidence_lane_extends_runs_that_miss_the_plateau(data, tmp_path, monkey
 def test_grid_lane_trains_variants_in_the_pair_study_under_its_recipe(data, tmp_path, monkeypatch):
     """benchmarks/evidence_ablate.py: grid runs live in the classification study's folder (one pinned recipe), write
     their variant and overrides, and the summary reads them beside the reference rows."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("eva", Path(__file__).parents[1] / "benchmarks/evidence_ablate.py")
-    eva = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(eva)
+    eva = load_benchmark("evidence_ablate")
     for name, value in (("BUDGET", "smoke"), ("RESULTS", tmp_path / "pair"), ("EXTEND", 1), ("MAX_EPOCHS", 1)):
         monkeypatch.setattr(eva.evc, name, value)
     monkeypatch.setattr(eva, "RESULTS", tmp_path / "grid")

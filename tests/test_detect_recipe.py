@@ -3,12 +3,12 @@ plateau-stage run stops at the epoch that meets the criterion."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_benchmark
 from torch import nn
 
 from cspnet.data.sample import make_sample
@@ -18,10 +18,7 @@ from cspnet.engine.tasks.detect import DetectCfg
 
 @pytest.fixture(scope="module")
 def drc():
-    spec = importlib.util.spec_from_file_location("drc", Path(__file__).parents[1] / "benchmarks/detect_recipe.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("detect_recipe")
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from conftest import load_benchmark
 
 from cspnet import Model
 from cspnet.cli import main
@@ -101,15 +102,7 @@ def test_deployment_accuracy_scores_every_path_of_each_checkpoint(trained, tmp_p
     """benchmarks/deployment_accuracy.py (the source of deployment.md's accuracy table): each checkpoint's files in
     every path scored by `val` against the checkpoint itself; fp32 files score exactly the checkpoint; the page
     summarises the paths measured on several checkpoints."""
-    import importlib.util
-    from pathlib import Path
-
-    bench = Path(__file__).parents[1] / "benchmarks"
-    mods = {}
-    for name in ("deployment_accuracy", "deployment"):
-        spec = importlib.util.spec_from_file_location(name, bench / f"{name}.py")
-        mods[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mods[name])
+    mods = {name: load_benchmark(name) for name in ("deployment_accuracy", "deployment")}
     data, files = trained
     last = files["cls"]["pt"].with_name("last.pt")
     out = tmp_path / "acc.json"
@@ -131,15 +124,8 @@ def test_deployment_accuracy_scores_every_path_of_each_checkpoint(trained, tmp_p
 def test_int8_detect_compares_the_stem_choices(trained, tmp_path):
     """benchmarks/int8_detect.py (the measurement behind float_nodes' stem): each checkpoint's fp32 mAP and, per
     runtime, the int8 file's difference with the stem quantized and kept float."""
-    import importlib.util
-    from pathlib import Path
-
     pytest.importorskip("nncf")
-    spec = importlib.util.spec_from_file_location(
-        "int8_detect", Path(__file__).parents[1] / "benchmarks/int8_detect.py"
-    )
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("int8_detect")
     data, files = trained
     out = tmp_path / "int8.json"
     argv = [str(files["det"]["pt"]), "--data", str(data / "detect" / "data.yaml"), "--calib", "8", "--out", str(out)]

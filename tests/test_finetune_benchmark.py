@@ -3,21 +3,17 @@ as JSON + markdown that say the weights were random."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 from cspnet import hub
 
 
 def _benchmark():
-    path = Path(__file__).parents[1] / "benchmarks/finetune_darknet.py"
-    spec = importlib.util.spec_from_file_location("finetune_darknet", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("finetune_darknet")
 
 
 @pytest.mark.slow

@@ -3,17 +3,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
+from conftest import load_benchmark as load
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_evidence_page_is_rendered_from_the_committed_json():

@@ -110,14 +110,14 @@ def tail_nodes(graph) -> list[str]:
     return [n.name for n, b in zip(nodes, below) if not b]
 
 
-def float_nodes(graph) -> list[str]:
+def float_nodes(graph, stem: bool = True) -> list[str]:
     """A detector's nodes that int8 leaves in float: its tail (tail_nodes) and its stem, the first convolution.
 
     The stem is one conv of many, at 3 input channels. On six detectors trained to a plateau, keeping it float halved
     the mean change of onnxruntime int8's mAP@0.5 and cut its worst case (benchmarks/int8_detect.py).
     """
-    stem = next((n.name for n in graph.node if n.op_type in CONVS), None)
-    return tail_nodes(graph) + ([stem] if stem else [])
+    first = next((n.name for n in graph.node if n.op_type in CONVS), None) if stem else None
+    return tail_nodes(graph) + ([first] if first else [])
 
 
 def calibration_reader(images: torch.Tensor, input_name: str = "images", batch: int = 8):
@@ -142,12 +142,13 @@ def check_calibration(calib: torch.Tensor) -> None:
 
 
 def quantize_onnx_int8(
-    fp32_path: str | Path, int8_path: str | Path, calib: torch.Tensor, detector: bool = False
+    fp32_path: str | Path, int8_path: str | Path, calib: torch.Tensor, detector: bool = False, float_stem: bool = True
 ) -> Path:
     """Static int8 post-training quantization with onnxruntime's quantizer: QDQ format, per-channel int8 weights,
     uint8 activations with min/max ranges from `calib` (the u8 x s8 pair VNNI multiplies natively).
 
-    detector: leave the nodes after the last convolutions (decode, NMS) and the stem conv in float (float_nodes).
+    detector: leave the nodes after the last convolutions (decode, NMS) and the stem conv in float (float_nodes;
+    float_stem=False quantizes the stem too, for benchmarks/int8_detect.py).
     Without VNNI, weights use 7 bits (reduce_range) so u8 x s8 sums cannot saturate in AVX2's 16-bit adds.
     """
     import onnx
@@ -161,7 +162,7 @@ def quantize_onnx_int8(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-            exclude = float_nodes(onnx.load(str(pre)).graph) if detector else []
+            exclude = float_nodes(onnx.load(str(pre)).graph, float_stem) if detector else []
             quantize_static(
                 str(pre),
                 str(int8_path),

@@ -52,10 +52,10 @@ def stem_ops(model) -> list[str]:
     return [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() in CONVS][:1]
 
 
-def quantize_nncf(model, calib: torch.Tensor, detector: bool = False):
+def quantize_nncf(model, calib: torch.Tensor, detector: bool = False, float_stem: bool = True):
     """Static int8 with NNCF: MIXED preset (symmetric weights, asymmetric activations: Mish and leaky ReLU outputs
-    are mostly positive), statistics from every image of `calib`. detector: its tail and stem conv stay float, as in
-    cspnet.deploy.onnx_export.float_nodes."""
+    are mostly positive), statistics from every image of `calib`. detector: its tail and (unless float_stem=False)
+    its stem conv stay float, as in cspnet.deploy.onnx_export.float_nodes."""
     import contextlib
     import logging
     import sys
@@ -70,7 +70,8 @@ def quantize_nncf(model, calib: torch.Tensor, detector: bool = False):
         raise ConfigError("--int8 with --format openvino needs nncf: pip install 'cspnet[openvino]'") from None
     nncf.set_log_level(logging.ERROR)
     data = nncf.Dataset([x.numpy() for x in calib.split(1)])
-    ignored = nncf.IgnoredScope(names=tail_ops(model) + stem_ops(model), validate=False) if detector else None
+    stem = stem_ops(model) if float_stem else []
+    ignored = nncf.IgnoredScope(names=tail_ops(model) + stem, validate=False) if detector else None
     with contextlib.redirect_stdout(sys.stderr):  # its progress bars: stdout stays for the report (--json)
         return nncf.quantize(
             model, data, preset=nncf.QuantizationPreset.MIXED, subset_size=len(calib), ignored_scope=ignored
