@@ -167,10 +167,7 @@ def write(a: argparse.Namespace, results: list[dict], commands: list[str]) -> No
     out.with_suffix(".md").write_text("\n".join(lines))
     out.with_suffix(".json").write_text(json.dumps({"commands": commands, "results": results}, indent=2))
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from cspnet.engine.plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
     for r in results:
@@ -180,8 +177,7 @@ def write(a: argparse.Namespace, results: list[dict], commands: list[str]) -> No
     ax.set_title("CIFAR-10, same recipe and budget")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"))
+    save_figure(fig, out.with_suffix(".png"))
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.png')}")
 
 

@@ -230,11 +230,9 @@ def write(a: argparse.Namespace, s: dict, commands: list[str]) -> None:
 
 
 def plot(s: dict, pair: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    from cspnet.engine.plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for name, color in zip(pair, ("tab:red", "tab:blue")):
@@ -258,9 +256,7 @@ def plot(s: dict, pair: list[str], path: Path) -> None:
         ax.legend()
     else:
         ax.text(0.5, 0.5, "no curves yet", ha="center", va="center", transform=ax.transAxes)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

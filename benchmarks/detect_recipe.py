@@ -352,10 +352,7 @@ def plot(path: Path) -> None:
     runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("plateau-*.json"))]
     if not runs:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from cspnet.engine.plots import plt, save_figure
 
     names = sorted({r["setting"] for r in runs}, key=stage_order)
     fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False)
@@ -378,9 +375,7 @@ def plot(path: Path) -> None:
     fig.suptitle(
         f"Detection plateau stages: {PAIR[0]} (CSP) vs {PAIR[1]} (dotted: lr held at 1%; dashed: mosaic closes)"
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, dpi=80)
 
 
 def report(args) -> None:

@@ -244,10 +244,7 @@ def summary(base: int = 40) -> dict:
 
 def plot(s: dict, path: Path) -> None:
     """Every run's test top-1 per epoch, both twins: all epochs, and the tail where the plateau criterion looks."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from cspnet.engine.plots import plt, save_figure
 
     fig, (full, tail) = plt.subplots(1, 2, figsize=(11, 4))
     for (name, m), color in zip(s["models"].items(), ("tab:red", "tab:blue"), strict=True):
@@ -266,9 +263,7 @@ def plot(s: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     full.legend(fontsize=7)
     fig.suptitle(f"CIFAR-10, {PAIR[0]} vs {PAIR[1]} ({BUDGET})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 def report(args) -> None:

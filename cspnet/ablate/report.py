@@ -188,10 +188,7 @@ def markdown(info: dict, rows: list[dict]) -> str:
 
 
 def plot(d: Path, rows: list[dict]) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from cspnet.engine.plots import plt, save_figure
 
     paths = []
     for name, key, xlabel in (
@@ -219,9 +216,5 @@ def plot(d: Path, rows: list[dict]) -> list[Path]:
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test top-1 (%)" + (f", mean ± std over {seeds} seeds" if seeds > 1 else ""))
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = d / f"{name}.png"
-        fig.savefig(path)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_figure(fig, d / f"{name}.png"))
     return paths

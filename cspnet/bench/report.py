@@ -57,10 +57,7 @@ def markdown(result: dict) -> str:
 
 def chart(result: dict, path: str | Path) -> Path:
     """Latency against GMACs, one panel per group, one point per variant, a line per CSP/plain pair."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from cspnet.engine.plots import plt, save_figure
 
     groups = result["groups"]
     fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.5), squeeze=False)
@@ -102,12 +99,7 @@ def chart(result: dict, path: str | Path) -> Path:
         ax.set_title(f"{g['mode']}, batch {g['batch']}")
         ax.grid(alpha=0.3)
     fig.suptitle(f"{result['machine']['cpu']}, {result['machine']['threads']} threads, {result['config']['dtype']}")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def write_all(result: dict, out_dir: str | Path, stem: str = "bench") -> dict[str, Path]:
