@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ RES = REPO / "docs" / "results"
 EV = RES / "evidence"
 PAGE = RES / "evidence.md"
 PAIR_CLS = ("cspresnet10", "resnet10")
+TWO_SE_CHANCE = math.erfc(2 / math.sqrt(2))  # P(|z| > 2) for a normal reading: 0.0455
 SPEED_CMD = (
     "OMP_WAIT_POLICY=PASSIVE cspnet bench cspresnet50 cspresnext50 cspdarknet53 cspresnet10 --twins --fuse "
     "--batch 1 8 --threads 2 --runs 15 --no-memory --out docs/results/evidence/speed_cpu"
@@ -381,7 +383,7 @@ def screen_lines(rec: dict, old: dict | None) -> list[str]:
         line += (
             f" Change of the gap against base (Δgap ± SE, 3 seeds): {cells}. Settings that change the gap beyond "
             f"2·SE: {', '.join(f'`{k}` ({side(k)})' for k in moves) or 'none'} (with {len(full)} settings read at "
-            f"2·SE, about {0.046 * len(full):.1f} such readings are expected by chance); that hurt the plain twin "
+            f"2·SE, about {TWO_SE_CHANCE * len(full):.1f} such readings are expected by chance); that hurt the plain twin "
             f"beyond 2·SE: {', '.join(f'`{k}`' for k in hurts) or 'none'}. Candidates for a library default under the protocol's rule: "
             + (
                 ", ".join(f"`{k}`" for k in helps)
