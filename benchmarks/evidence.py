@@ -285,6 +285,8 @@ def claim_detection(rec: dict | None, one: dict | None, old: dict | None) -> lis
     some = next((v for v in plateau.values()), None)
     notes = sorted({n for v in plateau.values() for n in v["load_notes"]})
     k = rec["schedule"]
+    early = sorted({(v["mosaic_until"], v["data"]) for v in plateau.values() if v["mosaic_until"] != k["cosine_until"]})
+    amend2 = "; ".join(f"at epoch {e}, `--mosaic-epochs {e} --datasets {d}`" for e, d in early) or "no run"
     out = [
         f"**Detection, {pair[0]} (CSPDarknet53) vs {pair[1]} (plain Darknet53)** (width 1/8, image 160, from scratch, "
         'one recipe for both twins; protocol: [protocol.md](protocol.md) "Detection" and detection amendments 1 and 2; '
@@ -292,8 +294,7 @@ def claim_detection(rec: dict | None, one: dict | None, old: dict | None) -> lis
         "benchmarks/detect_recipe.py report` and this page's command). Val mAP@0.5 in points of the EMA weights "
         "where each run stopped, mean ± std (seeds); gap = CSP − plain ± SE, and the smallest gap the seeds can "
         f"detect (2.8·SE). Schedule: cosine to 1% of the peak lr by epoch {k['cosine_until']}, then held there; "
-        f"mosaic closes at epoch {k['cosine_until']} (detection amendment 2: at epoch 20, `--mosaic-epochs 20 "
-        f"--datasets raccoon`); a run stops once the mean of its last {k['window']} epochs moves by less than "
+        f"mosaic closes at epoch {k['cosine_until']} (detection amendment 2: {amend2}); a run stops once the mean of its last {k['window']} epochs moves by less than "
         f"{k['points']:g} point against the {k['window']} before (from epoch {k['cosine_until'] + 2 * k['window']}), "
         f"at most {k['cap']} epochs."
         + (
