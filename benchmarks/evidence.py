@@ -294,7 +294,8 @@ def claim_detection(rec: dict | None, one: dict | None, old: dict | None) -> lis
         "benchmarks/detect_recipe.py report` and this page's command). Val mAP@0.5 in points of the EMA weights "
         "where each run stopped, mean ± std (seeds); gap = CSP − plain ± SE, and the smallest gap the seeds can "
         f"detect (2.8·SE). Schedule: cosine to 1% of the peak lr by epoch {k['cosine_until']}, then held there; "
-        f"mosaic closes at epoch {k['cosine_until']} (detection amendment 2: {amend2}); a run stops once the mean of its last {k['window']} epochs moves by less than "
+        f"mosaic closes at epoch {k['cosine_until']} (detection amendment 2: {amend2}); a run stops once the mean "
+        f"of its last {k['window']} epochs moves by less than "
         f"{k['points']:g} point against the {k['window']} before (from epoch {k['cosine_until'] + 2 * k['window']}), "
         f"at most {k['cap']} epochs."
         + (

@@ -13,12 +13,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 NOT_PLOTTED = {"epoch", "img_s", "skipped"}
 
 
-def save_figure(fig, path: str | Path, dpi: float | None = None) -> Path:
-    """Lay out, write (making the folder) and close a figure; returns its path. dpi: the figure's own if None."""
+def save_figure(fig, path: str | Path, dpi: float | str = "figure") -> Path:
+    """Lay out, write (making the folder) and close a figure; returns its path. dpi: the figure's own by default."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi if dpi is not None else "figure")
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 
