@@ -514,18 +514,20 @@ def claim_grid(g: dict | None) -> list[str]:
     if g is None:
         return []
     plain = g["rows"]["plain"]
+    grid = [r for label, r in g["rows"].items() if label not in ("plain", "fusion=both,gamma=0.5")]
+    held = sum(sum(r["plateau_holds"]) for r in grid)
     lines = [
         f"**Powered grid** (cspresnet10's variants on CIFAR-10, budget `{g['budget']}`, {g['seeds_planned']} seeds, "
         'each run to its plateau as in section 2; protocol: [protocol.md](protocol.md), "Ablation with power"; '
         "`python benchmarks/evidence_ablate.py train --data DATA --jobs 2 --commit`, then `python "
         f"benchmarks/evidence_ablate.py report` and this page's command): {g['runs_finished']} of "
-        f"{g['runs_planned']} grid runs finished; the plain and fusion-both γ 0.5 rows are section 2's runs"
+        f"{g['runs_planned']} grid runs finished, {held} of them at the plateau criterion; the plain and fusion-both γ 0.5 rows are section 2's runs"
         f"{'' if g['one_recipe'] else ' (**the runs do not share one recipe**: see ablate.json)'}. The base is "
         "cspresnet10, the paper's is PeleeNet; MACs at 32x32 (`torch.utils.flop_counter`). Δ ± SE in points.",
         "",
         "| variant | MACs vs resnet10 | params vs resnet10 | seeds | epochs | top-1 mean ± std | Δ vs resnet10 | paper: Δ vs "
-        "PeleeNet, same label | Δ vs cspresnet10 |",
-        "|---|---:|---:|---|---|---:|---:|---:|---:|",
+        "PeleeNet, same label | Δ vs cspresnet10 | plateau criterion, each seed |",
+        "|---|---:|---:|---|---|---:|---:|---:|---:|---|",
     ]
     for label, r in g["rows"].items():
         name = f"{label} (cspresnet10)" if label == "fusion=both,gamma=0.5" else label
@@ -536,9 +538,10 @@ def claim_grid(g: dict | None) -> list[str]:
         vs_plain = "reference" if label == "plain" else _d(r["diff_vs_plain"])
         vs_csp = "reference" if label == "fusion=both,gamma=0.5" else _d(r["diff_vs_cspresnet10"])
         paper = "–" if r["paper_top1_vs_plain"] is None else f"{r['paper_top1_vs_plain']:+.1f}"
+        met = ", ".join("holds" if h else "fails" for h in r["plateau_holds"])
         lines.append(
             f"| {name} | {100 * (r['macs'] / plain['macs'] - 1):+.1f}% | {100 * (r['params'] / plain['params'] - 1):+.1f}% "
-            f"| {r['seeds']} | {r['epochs']} | {mean} | {vs_plain} | {paper} | {vs_csp} |"
+            f"| {r['seeds']} | {r['epochs']} | {mean} | {vs_plain} | {paper} | {vs_csp} | {met or '–'} |"
         )
     lines.append("")
     for name, t in g["trends"].items():

@@ -156,3 +156,21 @@ def test_deployment_page_is_rendered_from_the_committed_json():
     assert dep.PAGE.read_text() == dep.page(results, accuracy, stem), (
         "run: python benchmarks/deployment.py --accuracy docs/results/deployment_accuracy.json"
     )
+
+
+def test_grid_table_shows_each_seeds_plateau_criterion():
+    """A grid run that stopped short of the plateau criterion reads 'fails' on its row and is left out of the count."""
+    import copy
+    import json
+
+    evidence = load("evidence")
+    g = copy.deepcopy(json.loads((REPO / "docs/results/evidence/ablate.json").read_text()))
+    g["rows"]["fusion=last"]["plateau_holds"] = [True, False]
+    g["runs_finished"] = 2
+    for label, r in g["rows"].items():
+        if label not in ("plain", "fusion=both,gamma=0.5", "fusion=last"):
+            r["plateau_holds"] = []
+    text = "\n".join(evidence.claim_grid(g))
+    assert "2 of 12 grid runs finished, 1 of them at the plateau criterion" in text
+    row = next(line for line in text.splitlines() if line.startswith("| fusion=last |"))
+    assert row.endswith("| holds, fails |")
