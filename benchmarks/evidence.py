@@ -545,7 +545,8 @@ def claim_grid(g: dict | None) -> list[str]:
         )
     lines.append("")
     for name, t in g["trends"].items():
-        lines.append(f"- {name}: ours {_d(t['ours'])}, paper {t['paper']:+.1f}: **{t['verdict']}**.")
+        seen = "" if t["ours"] is None else f" (the study detects {t['ours']['detectable']:.2f})"
+        lines.append(f"- {name}: ours {_d(t['ours'])}{seen}, paper {t['paper']:+.1f}: **{t['verdict']}**.")
     lines.append("")
     return lines
 
