@@ -458,6 +458,15 @@ def init_sentence() -> str:
     )
 
 
+def gamma_reading() -> str | None:
+    """The reading of the paper's γ that the MAC arithmetic fits best: '1-gamma' or 'gamma' (evidence/gamma.md)."""
+    g = _load(EV / "gamma.json")
+    if not g:
+        return None
+    fit = g["fit_transition_ratio"]
+    return min(fit, key=lambda k: fit[k]["rms_error_points"])
+
+
 def gamma_sentence() -> str:
     g = _load(EV / "gamma.json")
     if not g:
@@ -469,7 +478,7 @@ def gamma_sentence() -> str:
         for r in rows
     )
     fit = g["fit_transition_ratio"]
-    best = min(fit, key=lambda k: fit[k]["rms_error_points"])
+    best = gamma_reading()
     return (
         f"MAC arithmetic ([evidence/gamma.md](evidence/gamma.md), `{g['command']}`): {cells}. With the one free width "
         f"fitted, the reading '{best}' matches the paper within {fit[best]['rms_error_points']:.1f} points (rms), the "
@@ -548,7 +557,49 @@ def claim_grid(g: dict | None) -> list[str]:
         seen = "" if t["ours"] is None else f" (the study detects {t['ours']['detectable']:.2f})"
         lines.append(f"- {name}: ours {_d(t['ours'])}{seen}, paper {t['paper']:+.1f}: **{t['verdict']}**.")
     lines.append("")
-    return lines
+    return lines + grid_reading(g)
+
+
+def grid_reading(g: dict) -> list[str]:
+    """What the finished grid says, in words: the γ trend under the reading the MAC arithmetic picks, the fusion
+    trend against the paper's size, and every variant against the plain twin."""
+    if not g["complete"]:
+        return []
+    t, plain = g["trends"], g["rows"]["plain"]
+    best = gamma_reading()
+    gamma = t["γ 0.25 minus γ 0.5, paper's γ as " + ("our 1−γ" if best == "1-gamma" else "ours")]
+    fusion = t["fusion last minus fusion first"]
+    big = abs(fusion["paper"]) > fusion["ours"]["detectable"]
+    csp = {k: r for k, r in g["rows"].items() if k != "plain"}
+    deltas = [r["diff_vs_plain"]["delta"] for r in csp.values()]
+    below = all(d["delta"] < 0 and abs(d["delta"]) > 2 * d["se"] for d in (r["diff_vs_plain"] for r in csp.values()))
+    cuts = [100 * (1 - r["macs"] / plain["macs"]) for r in csp.values()]
+    near = max(csp, key=lambda k: csp[k]["diff_vs_plain"]["delta"])
+    return [
+        f"**Reading of the grid** ({len(t)} trends read at 2·SE, so about {len(t) * TWO_SE_CHANCE:.2f} false 'shown' "
+        "are expected by chance):",
+        "",
+        f"- γ: under the reading the MAC arithmetic picks (the paper's γ as our {'1−γ' if best == '1-gamma' else 'γ'}),"
+        f" the paper's γ trend is **{gamma['verdict'].split(' (')[0]}** ({_d(gamma['ours'])} against its "
+        f"{gamma['paper']:+.1f}).",
+        f"- Fusion: the paper's last-minus-first of {fusion['paper']:+.1f} points is "
+        + (
+            f"above the {fusion['ours']['detectable']:.2f} this study detects, yet ours is {_d(fusion['ours'])}: a "
+            "cost of fusion first the paper's size does not appear here."
+            if big and abs(fusion["ours"]["delta"]) <= 2 * fusion["ours"]["se"]
+            else f"beside ours {_d(fusion['ours'])}: **{fusion['verdict']}**."
+        ),
+        f"- Every CSP variant is {'below' if below else 'not shown below'} resnet10 (Δ {min(deltas):+.2f} to "
+        f"{max(deltas):+.2f} points{', each beyond 2·SE' if below else ''}) at {min(cuts):.0f}-{max(cuts):.0f}% "
+        "fewer MACs: "
+        + (
+            "in this regime (cspresnet10 on CIFAR-10 at 32x32, CPU budget) no fusion or γ setting keeps the plain "
+            f"twin's accuracy; {near} comes closest ({_d(csp[near]['diff_vs_plain'])})."
+            if below
+            else "some setting keeps the plain twin's accuracy within the study's resolution."
+        ),
+        "",
+    ]
 
 
 def render() -> str:

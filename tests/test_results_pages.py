@@ -137,6 +137,12 @@ def test_readme_results_rows_quote_the_committed_json():
         assert f"{m['mean']:.2f} ± {m['std']:.2f}" in readme, f"README: update {model}'s top-1"
     grid = json.loads((ev / "ablate.json").read_text())
     assert grid["complete"] or "grid at a plateau with 3 seeds (`benchmarks/evidence_ablate.py`) is running" in readme
+    for name, t in grid["trends"].items() if grid["complete"] else ():
+        ours = f"{t['ours']['delta']:+.2f} ± {t['ours']['se']:.2f}".replace("-", "−")
+        assert f"{ours} points: {t['verdict'].split(' (')[0]}" in readme, f"README: update the grid's '{name}'"
+    if grid["complete"]:
+        gaps = [-r["diff_vs_plain"]["delta"] for k, r in grid["rows"].items() if k != "plain"]
+        assert f"{min(gaps):.1f}-{max(gaps):.1f} points below resnet10" in readme, "README: update the grid's range"
     assert f"{abs(cls['diff']['delta']):.2f} ± {cls['diff']['se']:.2f} points lower" in readme
     rec = json.loads((ev / "detect_recipe.json").read_text())
     det = rec["settings"]["plateau-mosaic20-raccoon"]
@@ -174,3 +180,23 @@ def test_grid_table_shows_each_seeds_plateau_criterion():
     assert "2 of 12 grid runs finished, 1 of them at the plateau criterion" in text
     row = next(line for line in text.splitlines() if line.startswith("| fusion=last |"))
     assert row.endswith("| holds, fails |")
+
+
+def test_grid_reading_follows_the_committed_grid():
+    """The grid's reading in words appears only once the grid is complete, and says 'not shown below' as soon as one
+    CSP variant is within 2·SE of the plain twin."""
+    import copy
+    import json
+
+    evidence = load("evidence")
+    g = json.loads((REPO / "docs/results/evidence/ablate.json").read_text())
+    if not g["complete"]:
+        assert evidence.grid_reading(g) == []
+        g["complete"] = True
+    text = "\n".join(evidence.grid_reading(g))
+    assert "Reading of the grid" in text
+    close = copy.deepcopy(g)
+    close["rows"]["gamma=0.75"]["diff_vs_plain"] = {"delta": -0.1, "se": 0.2, "detectable": 0.56}
+    text = "\n".join(evidence.grid_reading(close))
+    assert "not shown below resnet10" in text and "no fusion or γ setting" not in text
+    assert evidence.grid_reading({**g, "complete": False}) == []
