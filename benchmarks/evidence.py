@@ -458,11 +458,8 @@ def init_sentence() -> str:
     )
 
 
-def gamma_reading() -> str | None:
-    """The reading of the paper's γ that the MAC arithmetic fits best: '1-gamma' or 'gamma' (evidence/gamma.md)."""
-    g = _load(EV / "gamma.json")
-    if not g:
-        return None
+def gamma_reading(g: dict) -> str:
+    """The reading of the paper's γ that gamma.json's MAC arithmetic fits best: '1-gamma' or 'gamma'."""
     fit = g["fit_transition_ratio"]
     return min(fit, key=lambda k: fit[k]["rms_error_points"])
 
@@ -478,7 +475,7 @@ def gamma_sentence() -> str:
         for r in rows
     )
     fit = g["fit_transition_ratio"]
-    best = gamma_reading()
+    best = gamma_reading(g)
     return (
         f"MAC arithmetic ([evidence/gamma.md](evidence/gamma.md), `{g['command']}`): {cells}. With the one free width "
         f"fitted, the reading '{best}' matches the paper within {fit[best]['rms_error_points']:.1f} points (rms), the "
@@ -530,7 +527,8 @@ def claim_grid(g: dict | None) -> list[str]:
         'each run to its plateau as in section 2; protocol: [protocol.md](protocol.md), "Ablation with power"; '
         "`python benchmarks/evidence_ablate.py train --data DATA --jobs 2 --commit`, then `python "
         f"benchmarks/evidence_ablate.py report` and this page's command): {g['runs_finished']} of "
-        f"{g['runs_planned']} grid runs finished, {held} of them at the plateau criterion; the plain and fusion-both γ 0.5 rows are section 2's runs"
+        f"{g['runs_planned']} grid runs finished, {held} of them at the plateau criterion; the plain and "
+        "fusion-both γ 0.5 rows are section 2's runs"
         f"{'' if g['one_recipe'] else ' (**the runs do not share one recipe**: see ablate.json)'}. The base is "
         "cspresnet10, the paper's is PeleeNet; MACs at 32x32 (`torch.utils.flop_counter`). Δ ± SE in points.",
         "",
@@ -566,22 +564,29 @@ def grid_reading(g: dict) -> list[str]:
     if not g["complete"]:
         return []
     t, plain = g["trends"], g["rows"]["plain"]
-    best = gamma_reading()
-    gamma = t["γ 0.25 minus γ 0.5, paper's γ as " + ("our 1−γ" if best == "1-gamma" else "ours")]
+    macs = _load(EV / "gamma.json")
+    gamma_line = []
+    if macs:  # the γ trend under the reading of the paper's γ that the MAC arithmetic picks
+        best = gamma_reading(macs)
+        gm = t["γ 0.25 minus γ 0.5, paper's γ as " + ("our 1−γ" if best == "1-gamma" else "ours")]
+        gamma_line = [
+            f"- γ: under the reading the MAC arithmetic picks (the paper's γ as our {'1−γ' if best == '1-gamma' else 'γ'}"
+            f"), the paper's γ trend is **{gm['verdict'].split(' (')[0]}** ({_d(gm['ours'])} against its "
+            f"{gm['paper']:+.1f})."
+        ]
     fusion = t["fusion last minus fusion first"]
     big = abs(fusion["paper"]) > fusion["ours"]["detectable"]
     csp = {k: r for k, r in g["rows"].items() if k != "plain"}
-    deltas = [r["diff_vs_plain"]["delta"] for r in csp.values()]
-    below = all(d["delta"] < 0 and abs(d["delta"]) > 2 * d["se"] for d in (r["diff_vs_plain"] for r in csp.values()))
+    diffs = [r["diff_vs_plain"] for r in csp.values()]
+    deltas = [d["delta"] for d in diffs]
+    below = all(d["delta"] < 0 and abs(d["delta"]) > 2 * d["se"] for d in diffs)
     cuts = [100 * (1 - r["macs"] / plain["macs"]) for r in csp.values()]
     near = max(csp, key=lambda k: csp[k]["diff_vs_plain"]["delta"])
     return [
         f"**Reading of the grid** ({len(t)} trends read at 2·SE, so about {len(t) * TWO_SE_CHANCE:.2f} false 'shown' "
         "are expected by chance):",
         "",
-        f"- γ: under the reading the MAC arithmetic picks (the paper's γ as our {'1−γ' if best == '1-gamma' else 'γ'}),"
-        f" the paper's γ trend is **{gamma['verdict'].split(' (')[0]}** ({_d(gamma['ours'])} against its "
-        f"{gamma['paper']:+.1f}).",
+        *gamma_line,
         f"- Fusion: the paper's last-minus-first of {fusion['paper']:+.1f} points is "
         + (
             f"above the {fusion['ours']['detectable']:.2f} this study detects, yet ours is {_d(fusion['ours'])}: a "
